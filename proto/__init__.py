@@ -1,0 +1,88 @@
+"""Wire models of the tokencredit HTTP contract (API.md): the only code server and client share."""
+
+from proto.advantages import (
+    METHODS,
+    AdvantagesRequest,
+    AdvantagesResponse,
+    AdvantageStats,
+    Group,
+    GroupAdvantages,
+    Method,
+    Rollout,
+    RolloutAdvantages,
+    RolloutDetails,
+)
+from proto.arrays import (
+    FloatArray,
+    IdArray,
+    PackedArray,
+    decode_packed,
+    encode_array,
+    encode_packed,
+)
+from proto.base import ErrorInfo, ErrorResponse, WireModel
+from proto.hints import (
+    GroupReflections,
+    HintGroup,
+    HintRollout,
+    HintsRequest,
+    HintsResponse,
+    Reflection,
+    ReflectionTemplates,
+)
+from proto.logprobs import LogprobsRequest, LogprobsResponse, ScoreSequence, SequenceScores, Usage
+from proto.meta import (
+    ChatMessage,
+    HealthResponse,
+    ModelInfo,
+    ReadyResponse,
+    TokenizeRequest,
+    TokenizeResponse,
+    WeightsRequest,
+    WeightsResponse,
+)
+from proto.reward import RewardRequest, RewardResponse
+
+__all__ = [
+    "METHODS",
+    "AdvantageStats",
+    "AdvantagesRequest",
+    "AdvantagesResponse",
+    "ChatMessage",
+    "ErrorInfo",
+    "ErrorResponse",
+    "FloatArray",
+    "Group",
+    "GroupAdvantages",
+    "GroupReflections",
+    "HealthResponse",
+    "HintGroup",
+    "HintRollout",
+    "HintsRequest",
+    "HintsResponse",
+    "IdArray",
+    "LogprobsRequest",
+    "LogprobsResponse",
+    "Method",
+    "ModelInfo",
+    "PackedArray",
+    "ReadyResponse",
+    "Reflection",
+    "ReflectionTemplates",
+    "RewardRequest",
+    "RewardResponse",
+    "Rollout",
+    "RolloutAdvantages",
+    "RolloutDetails",
+    "ScoreSequence",
+    "SequenceScores",
+    "TokenizeRequest",
+    "TokenizeResponse",
+    "Usage",
+    "WeightsRequest",
+    "WeightsResponse",
+    "WireModel",
+    "decode_packed",
+    "encode_array",
+    "encode_packed",
+]
