@@ -29,9 +29,13 @@ class Rollout(WireModel):
     student_logprobs: FloatArray | None = None
     teacher_logprobs: FloatArray | None = None
     teacher_entropy: FloatArray | None = None
-    text: str | None = Field(default=None, description="Decoded response; used in peers' teacher contexts.")
+    text: str | None = Field(
+        default=None, description="Decoded response; used in peers' teacher contexts."
+    )
     feedback: str | None = None
-    reflection: str | None = Field(default=None, description="AMR-SD: the rollout's own hint/critique.")
+    reflection: str | None = Field(
+        default=None, description="AMR-SD: the rollout's own hint/critique."
+    )
 
     @model_validator(mode="after")
     def check_lengths(self) -> Rollout:
@@ -44,7 +48,9 @@ class Rollout(WireModel):
 
 
 class Group(WireModel):
-    prompt_ids: IdArray | None = Field(default=None, description="The student prompt, chat template applied.")
+    prompt_ids: IdArray | None = Field(
+        default=None, description="The student prompt, chat template applied."
+    )
     problem: str | None = None
     reference_answer: str | None = None
     reference_solution: str | None = None
@@ -53,9 +59,15 @@ class Group(WireModel):
 
 class AdvantagesRequest(WireModel):
     method: Method
-    params: dict[str, Any] = Field(default_factory=dict, description="Overrides of the method's defaults.")
-    step: int = Field(default=0, ge=0, description="The trainer's global optimizer step (annealing).")
-    state: dict[str, Any] | None = Field(default=None, description="Returned by the previous call of the run.")
+    params: dict[str, Any] = Field(
+        default_factory=dict, description="Overrides of the method's defaults."
+    )
+    step: int = Field(
+        default=0, ge=0, description="The trainer's global optimizer step (annealing)."
+    )
+    state: dict[str, Any] | None = Field(
+        default=None, description="Returned by the previous call of the run."
+    )
     seed: int = 0
     encoding: Encoding = "json"
     return_details: bool = False

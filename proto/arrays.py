@@ -19,7 +19,7 @@ import math
 from typing import Annotated, Any, Literal
 
 import numpy as np
-from pydantic import AfterValidator, Field, PlainSerializer, model_validator
+from pydantic import AfterValidator, Discriminator, Field, PlainSerializer, Tag, model_validator
 
 from proto.base import WireModel
 
@@ -85,7 +85,11 @@ def encode_packed(array: np.ndarray, dtype: PackedDtype | None = None) -> dict[s
     else:
         np_dtype = {"float32": "<f4", "float16": "<f2", "int32": "<i4"}[dtype]
         raw = np.ascontiguousarray(array, dtype=np_dtype).tobytes()
-    return {"dtype": dtype, "shape": list(array.shape), "data": base64.b64encode(raw).decode("ascii")}
+    return {
+        "dtype": dtype,
+        "shape": list(array.shape),
+        "data": base64.b64encode(raw).decode("ascii"),
+    }
 
 
 def _as_1d(value: list | PackedArray, kind: str) -> np.ndarray:
@@ -93,7 +97,9 @@ def _as_1d(value: list | PackedArray, kind: str) -> np.ndarray:
         if kind == "int" and value.dtype != "int32":
             raise ValueError(f"token ids must be packed as int32, got {value.dtype}")
         if kind == "float" and value.dtype not in FLOAT_DTYPES:
-            raise ValueError(f"float arrays must be packed as float32/float16/bfloat16, got {value.dtype}")
+            raise ValueError(
+                f"float arrays must be packed as float32/float16/bfloat16, got {value.dtype}"
+            )
         if len(value.shape) != 1:
             raise ValueError(f"expected a 1-D array, got shape {value.shape}")
         array = value.to_numpy()
@@ -116,13 +122,25 @@ def _serialize(array: np.ndarray) -> list:
 
 # Request-side arrays: accept a JSON list or a packed array; hold a 1-D NumPy array afterwards.
 # ``allow_inf_nan`` stays on for floats: -inf is a legitimate log-prob.
+def _form(value: Any) -> str:
+    return "packed" if isinstance(value, dict | PackedArray) else "list"
+
+
+# The discriminator picks one branch by the input's shape, so a bad packed array is reported as
+# a packed-array error (not also as "Input should be a valid list").
 FloatArray = Annotated[
-    list[float] | PackedArray,
+    Annotated[
+        Annotated[list[float], Tag("list")] | Annotated[PackedArray, Tag("packed")],
+        Discriminator(_form),
+    ],
     AfterValidator(_to_float_array),
     PlainSerializer(_serialize, return_type=list[float]),
 ]
 IdArray = Annotated[
-    list[int] | PackedArray,
+    Annotated[
+        Annotated[list[int], Tag("list")] | Annotated[PackedArray, Tag("packed")],
+        Discriminator(_form),
+    ],
     AfterValidator(_to_id_array),
     PlainSerializer(_serialize, return_type=list[int]),
 ]

@@ -17,7 +17,8 @@ class ErrorInfo(WireModel):
     type: str = Field(description="snake_case error kind, e.g. `validation_error`, `queue_full`.")
     message: str = Field(description="A human sentence saying what is wrong and how to fix it.")
     field: str | None = Field(
-        default=None, description="JSON path of the offending request field, e.g. `sequences[0].context_ids`."
+        default=None,
+        description="JSON path of the offending request field, e.g. `sequences[0].context_ids`.",
     )
 
 

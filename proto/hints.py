@@ -18,7 +18,8 @@ class HintRollout(WireModel):
 class HintGroup(WireModel):
     problem: str
     reference_answer: str | None = Field(
-        default=None, description="Used only to check reflections for leaks; never shown to the model."
+        default=None,
+        description="Used only to check reflections for leaks; never shown to the model.",
     )
     reference_solution: str | None = None
     rollouts: list[HintRollout] = Field(min_length=1)
@@ -46,7 +47,9 @@ class Reflection(WireModel):
     peer_index: int | None = None
     leaked: bool = False
     fallback: bool = False
-    reason: str | None = Field(default=None, description="Why a fallback happened: leaked, no_tag, truncated.")
+    reason: str | None = Field(
+        default=None, description="Why a fallback happened: leaked, no_tag, truncated."
+    )
 
 
 class GroupReflections(WireModel):

@@ -11,8 +11,12 @@ from proto.base import WireModel
 
 
 class ScoreSequence(WireModel):
-    context_ids: IdArray = Field(description="At least one token; everything the targets are conditioned on.")
-    target_ids: IdArray = Field(description="Zero or more tokens to score; target_ids[j] is scored given all before it.")
+    context_ids: IdArray = Field(
+        description="At least one token; everything the targets are conditioned on."
+    )
+    target_ids: IdArray = Field(
+        description="Zero or more tokens to score; target_ids[j] is scored given all before it."
+    )
 
     @field_validator("context_ids")
     @classmethod
@@ -24,8 +28,12 @@ class ScoreSequence(WireModel):
 
 class LogprobsRequest(WireModel):
     sequences: list[ScoreSequence] = Field(min_length=1)
-    top_k: int = Field(default=0, ge=0, description="0..max_top_k most likely ids per target position.")
-    entropy: bool = Field(default=False, description="Return full-vocabulary entropy per target position.")
+    top_k: int = Field(
+        default=0, ge=0, description="0..max_top_k most likely ids per target position."
+    )
+    entropy: bool = Field(
+        default=False, description="Return full-vocabulary entropy per target position."
+    )
     temperature: float = Field(default=1.0, gt=0.0, le=100.0)
     encoding: Encoding = "json"
     min_weights_version: int | None = Field(default=None, ge=0)

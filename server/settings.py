@@ -65,7 +65,9 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def check_combinations(self) -> Settings:
         if self.backend == "vllm" and self.dtype == "float16" and self.device == "cpu":
-            raise ValueError("TC_DTYPE=float16 is not supported by vLLM on CPU; use float32 or bfloat16")
+            raise ValueError(
+                "TC_DTYPE=float16 is not supported by vLLM on CPU; use float32 or bfloat16"
+            )
         return self
 
     @property

@@ -24,7 +24,9 @@ OPSD_TEACHER = (
 # SDPO reprompt: {prompt} is the student's user message. [P] lasgroup/SDPO actor.yaml
 SDPO_REPROMPT = "{prompt}{solution}{feedback}\n\nCorrectly solve the original question.\n"
 SDPO_SOLUTION = "\nCorrect solution:\n\n{successful_previous_attempt}\n\n"
-SDPO_FEEDBACK = "\nThe following is feedback from your unsuccessful earlier attempt:\n\n{feedback_raw}\n\n"
+SDPO_FEEDBACK = (
+    "\nThe following is feedback from your unsuccessful earlier attempt:\n\n{feedback_raw}\n\n"
+)
 
 # RLSD: the gold final answer only. [S] third-party reimplementation
 RLSD_TEACHER = (
@@ -37,7 +39,9 @@ HSD_TEACHER = (
     "{problem}\n\nCorrect solution:\n\n{peer}\n\nThe final answer is {answer}.\n\n"
     "Correctly solve the original question."
 )
-HSD_TEACHER_FALLBACK = "{problem}\n\nThe final answer is {answer}.\n\nCorrectly solve the original question."
+HSD_TEACHER_FALLBACK = (
+    "{problem}\n\nThe final answer is {answer}.\n\nCorrectly solve the original question."
+)
 
 # AntiSD: a verified solution (peer or dataset) + correctness of the attempt. [S] reimplementation
 ANTISD_TEACHER = (

@@ -1,0 +1,61 @@
+"""The FastAPI app: ``uvicorn server.app:app``.
+
+Routes are thin (``server/routes``); the work lives in service modules (``scoring``,
+``advantages``, ``hints``); the model, batcher and weights gate live in ``Runtime``.
+"""
+
+from __future__ import annotations
+
+import logging
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from server.errors import install_error_handlers
+from server.middleware import RequestIdFilter, ServiceMiddleware
+from server.routes import meta, scoring, weights
+from server.runtime import Runtime
+from server.settings import Settings, get_settings
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"
+
+
+def configure_logging(level: str) -> None:
+    root = logging.getLogger()
+    if not any(isinstance(f, RequestIdFilter) for h in root.handlers for f in h.filters):
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter(LOG_FORMAT))
+        handler.addFilter(RequestIdFilter())
+        root.addHandler(handler)
+    root.setLevel(level.upper())
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    configure_logging(settings.log_level)
+    runtime = Runtime(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        runtime.start()
+        yield
+        runtime.draining = True
+        await runtime.stop()
+
+    app = FastAPI(
+        title="tokencredit",
+        version="1.0.0",
+        summary="Teacher scoring and per-token credit assignment for RL on LLMs",
+        lifespan=lifespan,
+    )
+    app.state.runtime = runtime
+    install_error_handlers(app)
+    for module in (meta, scoring, weights):
+        app.include_router(module.router)
+    app.add_middleware(
+        ServiceMiddleware, metrics=runtime.metrics, max_body_bytes=settings.max_body_bytes
+    )
+    return app
+
+
+app = create_app()

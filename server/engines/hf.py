@@ -1,0 +1,408 @@
+"""Transformers engine: exact per-token log-probs, top-k and full-vocabulary entropy.
+
+Scoring never builds a ``[tokens, vocab]`` float tensor for a whole batch: the decoder runs once
+per batch to hidden states, then only the rows that predict target tokens go through the LM head,
+``chunk_rows`` at a time (as TRL's ``entropy_from_logits`` chunks rows to cap memory).
+
+Naive equivalent, one sequence (what the tests compare against)::
+
+    logp = model(ids).logits[0].float().div(T).log_softmax(-1)      # (L, V)
+    lp_j = logp[len(ctx) - 1 + j, target[j]]
+
+Batches are planned by length under ``max_batch_tokens`` (sorted, so padding stays small), and
+items that share a long context (the G rollouts of a group scored under one teacher context) run
+the context once and reuse its KV cache for every target.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import hashlib
+import json
+import logging
+import threading
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+
+from server.engines.base import (
+    EngineInfo,
+    GenerateItem,
+    GenerateOutput,
+    ScoreItem,
+    ScoreOutput,
+    WeightsError,
+)
+from server.settings import Settings
+
+log = logging.getLogger(__name__)
+
+# Floats of one LM-head chunk: rows * vocab <= this (32 MiB of float32).
+HEAD_CHUNK_ELEMENTS = 8 * 1024 * 1024
+# A context shared by at least this many items, and at least this long, is computed once.
+SHARED_PREFIX_MIN_ITEMS = 2
+SHARED_PREFIX_MIN_TOKENS = 8
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def tokenizer_sha256(model_path: str, tokenizer) -> str:
+    """sha256 of tokenizer.json when present (same bytes, same tokenizer), else of the vocab."""
+    file = Path(model_path) / "tokenizer.json"
+    if file.is_file():
+        return hashlib.sha256(file.read_bytes()).hexdigest()
+    vocab = json.dumps(sorted(tokenizer.get_vocab().items()))
+    return hashlib.sha256(vocab.encode()).hexdigest()
+
+
+def resolve_device_dtype(settings: Settings) -> tuple[str, torch.dtype]:
+    device = settings.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if settings.dtype == "auto":
+        dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    else:
+        dtype = DTYPES[settings.dtype]
+    return device, dtype
+
+
+@dataclass
+class _Rows:
+    """Hidden states that predict target tokens, flattened over a batch."""
+
+    hidden_NH: torch.Tensor  # (N, H)
+    targets_N: torch.Tensor  # (N,)
+    owners: list[tuple[int, int, int]]  # (item index, start row, length)
+
+
+class HFEngine:
+    """``TeacherEngine`` on transformers; forward passes run one at a time in a worker thread."""
+
+    def __init__(
+        self, model: PreTrainedModel, tokenizer, settings: Settings, device: str, dtype: torch.dtype
+    ):
+        self._model = model
+        self.tokenizer = tokenizer
+        self.settings = settings
+        self.device = device
+        self.dtype = dtype
+        self._lock = threading.Lock()  # one forward at a time; torch already uses every core
+        config = model.config
+        self.info = EngineInfo(
+            model=settings.model_path,
+            backend="hf",
+            dtype=str(dtype).removeprefix("torch."),
+            device=device,
+            vocab_size=int(config.vocab_size),
+            max_model_len=settings.max_model_len or int(config.max_position_embeddings),
+            max_top_k=settings.max_top_k,
+            entropy_kind="exact",
+            tokenizer_sha256=tokenizer_sha256(settings.model_path, tokenizer),
+        )
+
+    # ---- construction -----------------------------------------------------------------------
+
+    @classmethod
+    async def create(cls, settings: Settings) -> HFEngine:
+        return await asyncio.to_thread(cls.load, settings)
+
+    @classmethod
+    def load(cls, settings: Settings) -> HFEngine:
+        device, dtype = resolve_device_dtype(settings)
+        tokenizer = AutoTokenizer.from_pretrained(settings.model_path)
+        model = _load_model(settings.model_path, device, dtype)
+        return cls(model, tokenizer, settings, device, dtype)
+
+    # ---- protocol ---------------------------------------------------------------------------
+
+    async def score(self, items: list[ScoreItem]) -> list[ScoreOutput]:
+        return await asyncio.to_thread(self.score_sync, items)
+
+    async def generate(self, items: list[GenerateItem]) -> list[GenerateOutput]:
+        return await asyncio.to_thread(self.generate_sync, items)
+
+    async def prepare_weights(self, path: str) -> PreTrainedModel:
+        return await asyncio.to_thread(self._prepare_weights_sync, path)
+
+    async def swap_weights(self, prepared: PreTrainedModel) -> None:
+        with self._lock:
+            self._model = prepared
+
+    async def warmup(self) -> None:
+        ids = tuple(self.tokenizer.encode("1+1=2")) or (0,)
+        await self.score([ScoreItem(ids[:1], ids[1:] or ids, top_k=1, entropy=True)])
+
+    async def close(self) -> None:
+        self._model = None
+
+    # ---- scoring ----------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def score_sync(self, items: list[ScoreItem]) -> list[ScoreOutput]:
+        outputs: list[ScoreOutput | None] = [None] * len(items)
+        with self._lock:
+            model = self._model
+            shared, single = self._split_shared_prefixes(items)
+            for context, members in shared.items():
+                for chunk in self._budget_chunks(members, items, fixed=len(context)):
+                    self._score_shared(model, items, context, chunk, outputs)
+            for chunk in self._budget_chunks(
+                sorted(single, key=lambda i: items[i].num_tokens), items
+            ):
+                self._score_padded(model, items, chunk, outputs)
+        return outputs  # type: ignore[return-value]
+
+    def _split_shared_prefixes(
+        self, items: list[ScoreItem]
+    ) -> tuple[dict[tuple, list[int]], list[int]]:
+        by_context: dict[tuple, list[int]] = defaultdict(list)
+        for i, item in enumerate(items):
+            by_context[item.context_ids].append(i)
+        shared, single = {}, []
+        for context, members in by_context.items():
+            if len(members) >= SHARED_PREFIX_MIN_ITEMS and len(context) >= SHARED_PREFIX_MIN_TOKENS:
+                shared[context] = members
+            else:
+                single.extend(members)
+        return shared, single
+
+    def _budget_chunks(self, order: list[int], items: list[ScoreItem], fixed: int = 0):
+        """Consecutive runs of ``order`` whose padded size (rows x longest) fits the token budget."""
+        budget = self.settings.max_batch_tokens
+        chunk: list[int] = []
+        longest = 0
+        for i in order:
+            n = len(items[i].target_ids) if fixed else items[i].num_tokens
+            if chunk and fixed + (len(chunk) + 1) * max(longest, n) > budget:
+                yield chunk
+                chunk, longest = [], 0
+            chunk.append(i)
+            longest = max(longest, n)
+        if chunk:
+            yield chunk
+
+    def _score_padded(self, model, items, chunk: list[int], outputs) -> None:
+        """Right-padded batch; rows for target j sit at position len(context) - 1 + j."""
+        seqs = [items[i].context_ids + items[i].target_ids for i in chunk]
+        longest = max(len(s) for s in seqs)
+        pad = self.tokenizer.pad_token_id or 0
+        ids_BT = torch.full((len(seqs), longest), pad, dtype=torch.long)
+        mask_BT = torch.zeros((len(seqs), longest), dtype=torch.long)
+        for b, seq in enumerate(seqs):
+            ids_BT[b, : len(seq)] = torch.tensor(seq)
+            mask_BT[b, : len(seq)] = 1
+        hidden_BTH = _decoder(model)(
+            input_ids=ids_BT.to(self.device), attention_mask=mask_BT.to(self.device)
+        ).last_hidden_state
+        batch_idx, pos_idx, targets, owners, start = [], [], [], [], 0
+        for b, i in enumerate(chunk):
+            ctx, tgt = items[i].context_ids, items[i].target_ids
+            batch_idx += [b] * len(tgt)
+            pos_idx += range(len(ctx) - 1, len(ctx) - 1 + len(tgt))
+            targets += tgt
+            owners.append((i, start, len(tgt)))
+            start += len(tgt)
+        rows = _Rows(
+            hidden_NH=hidden_BTH[
+                torch.tensor(batch_idx, dtype=torch.long), torch.tensor(pos_idx, dtype=torch.long)
+            ],
+            targets_N=torch.tensor(targets, dtype=torch.long),
+            owners=owners,
+        )
+        self._head(model, rows, items, outputs)
+
+    def _score_shared(self, model, items, context: tuple, chunk: list[int], outputs) -> None:
+        """Run the shared context once, then every target on a copy of its KV cache."""
+        decoder = _decoder(model)
+        ctx_1C = torch.tensor([context], dtype=torch.long, device=self.device)
+        out = decoder(input_ids=ctx_1C, use_cache=True)
+        last_H = out.last_hidden_state[0, -1]  # predicts every target's token 0
+        # Feed target[:-1]: the hidden state of target j-1 predicts target j.
+        fed = [items[i].target_ids[:-1] for i in chunk]
+        longest = max(len(f) for f in fed)
+        hidden_BTH = None
+        if longest:
+            n, C = len(chunk), len(context)
+            ids_BT = torch.zeros((n, longest), dtype=torch.long)
+            mask_BT = torch.ones((n, C + longest), dtype=torch.long)
+            for b, f in enumerate(fed):
+                ids_BT[b, : len(f)] = torch.tensor(f, dtype=torch.long)
+                mask_BT[b, C + len(f) :] = 0
+            cache = copy.deepcopy(out.past_key_values)
+            cache.batch_repeat_interleave(n)
+            position_ids = torch.arange(C, C + longest, device=self.device).expand(n, -1)
+            hidden_BTH = decoder(
+                input_ids=ids_BT.to(self.device),
+                attention_mask=mask_BT.to(self.device),
+                position_ids=position_ids,
+                past_key_values=cache,
+                use_cache=True,
+            ).last_hidden_state
+        pieces, targets, owners, start = [], [], [], 0
+        for b, i in enumerate(chunk):
+            tgt = items[i].target_ids
+            if not tgt:
+                owners.append((i, start, 0))
+                continue
+            pieces.append(last_H[None])
+            if len(tgt) > 1:
+                pieces.append(hidden_BTH[b, : len(tgt) - 1])
+            targets += tgt
+            owners.append((i, start, len(tgt)))
+            start += len(tgt)
+        hidden_NH = torch.cat(pieces) if pieces else last_H[:0][None].reshape(0, last_H.shape[-1])
+        rows = _Rows(
+            hidden_NH=hidden_NH, targets_N=torch.tensor(targets, dtype=torch.long), owners=owners
+        )
+        self._head(model, rows, items, outputs)
+
+    def _head(self, model, rows: _Rows, items: list[ScoreItem], outputs) -> None:
+        """LM head + log-softmax + top-k + entropy, ``chunk_rows`` rows at a time, in float32."""
+        head = model.get_output_embeddings()
+        N = rows.hidden_NH.shape[0]
+        temps_N = torch.ones(N)
+        k = 0
+        want_entropy = False
+        for i, start, length in rows.owners:
+            temps_N[start : start + length] = items[i].temperature
+            k = max(k, items[i].top_k)
+            want_entropy |= items[i].entropy
+        lp_N = torch.empty(N)
+        ent_N = torch.empty(N) if want_entropy else None
+        topv_NK = torch.empty((N, k))
+        topi_NK = torch.empty((N, k), dtype=torch.long)
+        chunk_rows = max(1, HEAD_CHUNK_ELEMENTS // self.info.vocab_size)
+        targets_N = rows.targets_N.to(self.device)
+        temps_N = temps_N.to(self.device)
+        for s in range(0, N, chunk_rows):
+            e = min(N, s + chunk_rows)
+            logits_nV = head(rows.hidden_NH[s:e]).float() / temps_N[s:e, None]  # (n, V)
+            logz_n = torch.logsumexp(logits_nV, dim=-1)
+            lp_N[s:e] = (logits_nV.gather(1, targets_N[s:e, None])[:, 0] - logz_n).cpu()
+            if k:
+                v, idx = logits_nV.topk(k, dim=-1)
+                topv_NK[s:e] = (v - logz_n[:, None]).cpu()
+                topi_NK[s:e] = idx.cpu()
+            if ent_N is not None:
+                # H = -sum p log p = logZ - sum p * logit
+                p_nV = torch.softmax(logits_nV, dim=-1)
+                ent_N[s:e] = (logz_n - (p_nV * logits_nV).sum(-1)).cpu()
+        for i, start, length in rows.owners:
+            item, sl = items[i], slice(start, start + length)
+            outputs[i] = ScoreOutput(
+                logprobs=lp_N[sl].numpy().astype(np.float32),
+                entropy=ent_N[sl].numpy().astype(np.float32) if item.entropy else None,
+                topk_ids=topi_NK[sl, : item.top_k].numpy().astype(np.int32) if item.top_k else None,
+                topk_logprobs=topv_NK[sl, : item.top_k].numpy().astype(np.float32)
+                if item.top_k
+                else None,
+            )
+
+    # ---- generation -------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def generate_sync(self, items: list[GenerateItem]) -> list[GenerateOutput]:
+        """Ancestral sampling with a KV cache; each item has its own seeded generator.
+
+        Left padding with ``position_ids = cumsum(mask) - 1`` keeps every row's numbers equal to
+        generating it alone (FIELD_NOTES), so a seed gives the same text whatever the batch.
+        """
+        if not items:
+            return []
+        with self._lock:
+            model = self._model
+            n = len(items)
+            longest = max(len(it.prompt_ids) for it in items)
+            pad = self.tokenizer.pad_token_id or 0
+            ids_BT = torch.full((n, longest), pad, dtype=torch.long)
+            mask_BT = torch.zeros((n, longest), dtype=torch.long)
+            for b, it in enumerate(items):
+                ids_BT[b, longest - len(it.prompt_ids) :] = torch.tensor(it.prompt_ids)
+                mask_BT[b, longest - len(it.prompt_ids) :] = 1
+            gens = [
+                torch.Generator().manual_seed(it.seed if it.seed is not None else 0) for it in items
+            ]
+            eos = {self.tokenizer.eos_token_id} - {None}
+            stops = [eos | set(it.stop_ids) for it in items]
+            out_ids: list[list[int]] = [[] for _ in items]
+            done = [it.max_tokens <= 0 for it in items]
+            finish = ["length"] * n
+            ids_BT, mask_BT = ids_BT.to(self.device), mask_BT.to(self.device)
+            cache, step_ids = None, ids_BT
+            max_steps = max(it.max_tokens for it in items)
+            max_steps = min(max_steps, self.info.max_model_len - longest)
+            for _ in range(max(0, max_steps)):
+                if all(done):
+                    break
+                position_ids = (mask_BT.cumsum(-1) - 1).clamp(min=0)[:, -step_ids.shape[1] :]
+                out = model(
+                    input_ids=step_ids,
+                    attention_mask=mask_BT,
+                    position_ids=position_ids,
+                    past_key_values=cache,
+                    use_cache=True,
+                    logits_to_keep=1,
+                )
+                cache = out.past_key_values
+                logits_BV = out.logits[:, -1].float().cpu()
+                next_ids = []
+                for b, it in enumerate(items):
+                    if done[b]:
+                        next_ids.append(pad)
+                        continue
+                    if it.temperature <= 0:
+                        tok = int(logits_BV[b].argmax())
+                    else:
+                        probs = torch.softmax(logits_BV[b] / it.temperature, dim=-1)
+                        tok = int(torch.multinomial(probs, 1, generator=gens[b]))
+                    next_ids.append(tok)
+                    if tok in stops[b]:
+                        done[b], finish[b] = True, "stop"
+                    else:
+                        out_ids[b].append(tok)
+                        if len(out_ids[b]) >= it.max_tokens:
+                            done[b] = True
+                step_ids = torch.tensor(next_ids, dtype=torch.long, device=self.device)[:, None]
+                alive = torch.tensor(
+                    [0 if d else 1 for d in done], dtype=torch.long, device=self.device
+                )
+                mask_BT = torch.cat([mask_BT, alive[:, None]], dim=1)
+        return [GenerateOutput(token_ids=ids, finish_reason=f) for ids, f in zip(out_ids, finish)]  # type: ignore[arg-type]
+
+    # ---- weights ----------------------------------------------------------------------------
+
+    def _prepare_weights_sync(self, path: str) -> PreTrainedModel:
+        started = time.perf_counter()
+        try:
+            model = _load_model(path, self.device, self.dtype)
+        except Exception as exc:  # transformers raises many kinds; all mean "cannot load"
+            raise WeightsError(f"cannot load weights from {path}: {exc}") from exc
+        old, new = self._model.config, model.config
+        for key in ("vocab_size", "hidden_size", "num_hidden_layers", "model_type"):
+            if getattr(old, key, None) != getattr(new, key, None):
+                raise WeightsError(
+                    f"checkpoint {key}={getattr(new, key, None)} does not match the served model's "
+                    f"{getattr(old, key, None)}"
+                )
+        log.info("prepared weights from %s in %.2fs", path, time.perf_counter() - started)
+        return model
+
+
+def _load_model(path: str, device: str, dtype: torch.dtype) -> PreTrainedModel:
+    model, info = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, output_loading_info=True)
+    # transformers fills missing weights with random values and only warns: refuse instead.
+    problems = {k: v for k, v in info.items() if v and k in ("missing_keys", "mismatched_keys")}
+    if problems:
+        raise WeightsError(f"checkpoint at {path} does not fit the model: {problems}")
+    return model.to(device).eval()
+
+
+def _decoder(model: PreTrainedModel):
+    """The transformer body (no LM head), e.g. ``Qwen3ForCausalLM.model``."""
+    return getattr(model, model.base_model_prefix)

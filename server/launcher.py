@@ -1,0 +1,109 @@
+"""Start a tokencredit server in a subprocess on a free port and wait until it is ready.
+
+Used by the tests, the benchmarks and the toy trainer to run the real server on a real port::
+
+    with ServerProcess(env={"TC_MAX_QUEUE": "8"}) as server:
+        httpx.get(server.url + "/readyz")
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ServerProcess:
+    def __init__(
+        self,
+        env: dict[str, str] | None = None,
+        port: int | None = None,
+        ready_timeout: float = 300.0,
+        log_path: str | os.PathLike | None = None,
+    ):
+        self.env = env or {}
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.ready_timeout = ready_timeout
+        self.log_path = Path(log_path) if log_path else None
+        self.proc: subprocess.Popen | None = None
+        self._log_file = None
+
+    def start(self) -> ServerProcess:
+        env = {**os.environ, **self.env, "PYTHONUNBUFFERED": "1"}
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+        out = subprocess.DEVNULL
+        if self.log_path:
+            self._log_file = open(self.log_path, "w")  # noqa: SIM115 - closed in stop()
+            out = self._log_file
+        cmd = [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "server.app:app",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+        ]
+        cmd += ["--timeout-graceful-shutdown", env.get("TC_DRAIN_SECONDS", "30")]
+        self.proc = subprocess.Popen(
+            cmd, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=REPO_ROOT
+        )
+        self.wait_ready()
+        return self
+
+    def wait_ready(self) -> None:
+        deadline = time.monotonic() + self.ready_timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(
+                    f"server exited with code {self.proc.returncode}; log: {self.log_path}"
+                )
+            try:
+                res = httpx.get(self.url + "/readyz", timeout=2.0)
+            except httpx.HTTPError:
+                res = None
+            if res is not None and res.status_code == 200:
+                return
+            if res is not None and res.status_code == 503 and "load_failed" in res.text:
+                self.stop()
+                raise RuntimeError(
+                    f"server could not load its model: {res.text}; log: {self.log_path}"
+                )
+            time.sleep(0.25)
+        self.stop()
+        raise TimeoutError(f"server not ready after {self.ready_timeout}s; log: {self.log_path}")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60.0) -> int | None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self._log_file:
+            self._log_file.close()
+            self._log_file = None
+        return self.proc.returncode if self.proc else None
+
+    def __enter__(self) -> ServerProcess:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

@@ -1,0 +1,119 @@
+"""ASGI middleware: request ids, body size limit, per-route metrics.
+
+Pure ASGI (not ``BaseHTTPMiddleware``) so a large body is rejected while it streams in, before
+it is buffered, and nothing wraps the response body.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import json
+import logging
+import time
+import uuid
+
+from server.errors import error_body
+from server.metrics import Metrics
+
+request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
+
+
+class RequestIdFilter(logging.Filter):
+    """Adds ``record.request_id`` so every log line of a request carries its id."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.request_id = request_id_var.get()
+        return True
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+class ServiceMiddleware:
+    def __init__(self, app, metrics: Metrics, max_body_bytes: int):
+        self.app = app
+        self.metrics = metrics
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = dict(scope.get("headers") or [])
+        request_id = headers.get(b"x-request-id", b"").decode("latin-1")[:128] or uuid.uuid4().hex
+        token = request_id_var.set(request_id)
+        started = time.perf_counter()
+        status = 500
+        limit = self.max_body_bytes
+
+        declared = headers.get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            status = 413
+            await self._send_error(
+                send, 413, request_id, f"request body over {limit} bytes (TC_MAX_BODY_BYTES)"
+            )
+            self._observe(scope, status, started)
+            request_id_var.reset(token)
+            return
+
+        received = 0
+
+        async def limited_receive():
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise _BodyTooLarge
+            return message
+
+        response_started = False
+
+        async def send_with_id(message):
+            nonlocal status, response_started
+            if message["type"] == "http.response.start":
+                response_started = True
+                status = message["status"]
+                message.setdefault("headers", [])
+                message["headers"] = [
+                    *message["headers"],
+                    (b"x-request-id", request_id.encode("latin-1")),
+                ]
+            await send(message)
+
+        self.metrics.in_flight.inc()
+        try:
+            await self.app(scope, limited_receive, send_with_id)
+        except _BodyTooLarge:
+            status = 413
+            if not response_started:
+                await self._send_error(
+                    send, 413, request_id, f"request body over {limit} bytes (TC_MAX_BODY_BYTES)"
+                )
+        finally:
+            self.metrics.in_flight.dec()
+            self._observe(scope, status, started)
+            request_id_var.reset(token)
+
+    def _observe(self, scope, status: int, started: float) -> None:
+        route = scope.get("route")
+        path = getattr(route, "path", None) or "unmatched"
+        self.metrics.requests.labels(path, str(status)).inc()
+        self.metrics.latency.labels(path, str(status)).observe(time.perf_counter() - started)
+
+    @staticmethod
+    async def _send_error(send, status: int, request_id: str, message: str) -> None:
+        body = json.dumps(error_body("payload_too_large", message)).encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                    (b"x-request-id", request_id.encode("latin-1")),
+                    (b"connection", b"close"),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})

@@ -1,0 +1,102 @@
+"""POST /v1/logprobs: check a request against the loaded model, score it, encode the answer."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from proto import LogprobsRequest, encode_array
+from server.batcher import QueueFull
+from server.engines.base import EngineInfo, ScoreItem, ScoreOutput
+from server.errors import ServiceError
+from server.runtime import Runtime
+
+
+def check_ids(ids: np.ndarray, vocab_size: int, field: str) -> None:
+    if ids.size and (ids.min() < 0 or ids.max() >= vocab_size):
+        bad = int(ids[(ids < 0) | (ids >= vocab_size)][0])
+        raise ServiceError(
+            422, f"{field}: token id {bad} is outside the vocabulary [0, {vocab_size})", field=field
+        )
+
+
+def check_length(n: int, info: EngineInfo, field: str) -> None:
+    if n > info.max_model_len:
+        raise ServiceError(
+            422,
+            f"{field}: {n} tokens exceed the model's max_model_len {info.max_model_len}",
+            field=field,
+        )
+
+
+def check_options(top_k: int, temperature: float, info: EngineInfo) -> None:
+    if top_k > info.max_top_k:
+        raise ServiceError(
+            422, f"top_k {top_k} is above this server's max_top_k {info.max_top_k}", field="top_k"
+        )
+    if info.backend == "vllm" and temperature != 1.0:
+        raise ServiceError(
+            422,
+            "the vllm backend returns raw prompt log-probs (temperature 1.0); use temperature 1.0 or TC_BACKEND=hf",
+            field="temperature",
+        )
+
+
+def to_engine_items(request: LogprobsRequest, info: EngineInfo) -> list[ScoreItem]:
+    check_options(request.top_k, request.temperature, info)
+    items = []
+    for i, seq in enumerate(request.sequences):
+        check_ids(seq.context_ids, info.vocab_size, f"sequences[{i}].context_ids")
+        check_ids(seq.target_ids, info.vocab_size, f"sequences[{i}].target_ids")
+        check_length(len(seq.context_ids) + len(seq.target_ids), info, f"sequences[{i}]")
+        items.append(
+            ScoreItem(
+                context_ids=tuple(seq.context_ids.tolist()),
+                target_ids=tuple(seq.target_ids.tolist()),
+                top_k=request.top_k,
+                entropy=request.entropy,
+                temperature=request.temperature,
+            )
+        )
+    return items
+
+
+async def score_items(runtime: Runtime, items: list[ScoreItem]) -> list[ScoreOutput]:
+    """Score through the batcher; a full queue is a 429 with Retry-After."""
+    _, batcher = runtime.require_engine()
+    try:
+        return await batcher.score(items)
+    except QueueFull as exc:
+        raise ServiceError(
+            429, str(exc), headers={"Retry-After": str(int(exc.retry_after))}
+        ) from exc
+
+
+def encode_scores(output: ScoreOutput, encoding: str) -> dict[str, Any]:
+    def enc(a):
+        return None if a is None else encode_array(a, encoding)
+
+    return {
+        "logprobs": enc(output.logprobs),
+        "entropy": enc(output.entropy),
+        "topk_ids": enc(output.topk_ids),
+        "topk_logprobs": enc(output.topk_logprobs),
+    }
+
+
+async def logprobs(runtime: Runtime, request: LogprobsRequest) -> dict[str, Any]:
+    engine, _ = runtime.require_engine()
+    items = to_engine_items(request, engine.info)
+    async with runtime.gate.reading(request.min_weights_version) as version:
+        outputs = await score_items(runtime, items)
+    return {
+        "weights_version": version,
+        "entropy_kind": engine.info.entropy_kind,
+        "results": [encode_scores(o, request.encoding) for o in outputs],
+        "usage": {
+            "sequences": len(items),
+            "target_tokens": sum(len(it.target_ids) for it in items),
+            "processed_tokens": sum(it.num_tokens for it in items),
+        },
+    }

@@ -1,0 +1,90 @@
+"""Versioned weights with atomic swaps.
+
+Every request holds a read lease for its whole duration (student scoring, teacher scoring and
+hint generation of one request all see one version). A swap first loads the new checkpoint
+beside the old one (no lease needed, serving goes on), then waits for in-flight requests to
+finish while holding new ones back, installs the new weights, bumps the version and lets traffic
+resume. A failed load changes nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from server.engines.base import TeacherEngine, WeightsError
+from server.errors import ServiceError
+
+
+def resolve_weights_path(root: str, path: str) -> Path:
+    """Resolve ``path`` inside ``root``; traversal (``..``) and symlink escapes are a 403."""
+    root_real = Path(os.path.realpath(root))
+    candidate = Path(os.path.realpath(root_real / path))
+    if candidate != root_real and root_real not in candidate.parents:
+        raise ServiceError(403, f"weights path {path!r} escapes TC_WEIGHTS_ROOT", field="path")
+    if not candidate.is_dir():
+        raise ServiceError(
+            422, f"weights path {path!r} is not a folder under TC_WEIGHTS_ROOT", field="path"
+        )
+    return candidate
+
+
+class WeightsGate:
+    def __init__(self, version: int = 0):
+        self.version = version
+        self._readers = 0
+        self._swapping = False
+        self._changed = asyncio.Condition()
+        self._swap_lock = asyncio.Lock()
+
+    @asynccontextmanager
+    async def reading(self, min_version: int | None = None) -> AsyncIterator[int]:
+        async with self._changed:
+            await self._changed.wait_for(lambda: not self._swapping)
+            if min_version is not None and self.version < min_version:
+                raise ServiceError(
+                    409,
+                    f"loaded weights_version {self.version} is older than min_weights_version {min_version}",
+                    type="stale_weights",
+                    field="min_weights_version",
+                )
+            self._readers += 1
+            version = self.version
+        try:
+            yield version
+        finally:
+            async with self._changed:
+                self._readers -= 1
+                self._changed.notify_all()
+
+    async def swap(
+        self, engine: TeacherEngine, path: str, version: int | None
+    ) -> tuple[int, float]:
+        async with self._swap_lock:  # one swap at a time
+            if version is not None and version <= self.version:
+                raise ServiceError(
+                    409,
+                    f"version {version} must be greater than the loaded weights_version {self.version}",
+                    type="stale_weights",
+                    field="version",
+                )
+            started = time.perf_counter()
+            try:
+                prepared = await engine.prepare_weights(path)
+            except WeightsError as exc:
+                raise ServiceError(422, str(exc), type="weights_load_failed", field="path") from exc
+            async with self._changed:
+                self._swapping = True
+                await self._changed.wait_for(lambda: self._readers == 0)
+            try:
+                await engine.swap_weights(prepared)
+                self.version = version if version is not None else self.version + 1
+            finally:
+                async with self._changed:
+                    self._swapping = False
+                    self._changed.notify_all()
+            return self.version, time.perf_counter() - started
