@@ -1,0 +1,331 @@
+"""/v1/advantages end to end on the real model and a real server.
+
+The oracle for the math is ``server.credit.compute_credit`` (itself tested against the
+ALGORITHMS.md vectors); these tests check the plumbing: contexts, scoring, alignment, errors.
+"""
+
+from __future__ import annotations
+
+import httpx
+import numpy as np
+import pytest
+import torch
+
+from proto import decode_packed
+from server.credit import CreditInputs, compute_credit
+
+PROBLEM = "What is 12+7-5?"
+SOLUTION = "12+7=19. 19-5=14. \\boxed{14}"
+TEACHER_METHODS = ["opd", "opsd", "sdpo", "rlsd", "hsd", "antisd", "amrsd"]
+
+
+def post(server, body):
+    return httpx.post(server.url + "/v1/advantages", json=body, timeout=120)
+
+
+def encode(server, text):
+    return httpx.post(server.url + "/v1/tokenize", json={"text": text}).json()["ids"]
+
+
+@pytest.fixture(scope="module")
+def group(server):
+    """One group: two correct rollouts, two wrong ones with feedback, one empty response."""
+    texts = [
+        SOLUTION,
+        "12+7=19. 19-5=13. \\boxed{13}",
+        "12+7=19. 19-5=14. \\boxed{14}",
+        "12+7=18. \\boxed{13}",
+    ]
+    rewards = [1.0, 0.0, 1.0, 0.0]
+    rollouts = [
+        {
+            "response_ids": encode(server, t),
+            "reward": r,
+            "text": t,
+            "feedback": None if r else "the answer is wrong",
+        }
+        for t, r in zip(texts, rewards)
+    ]
+    rollouts.append({"response_ids": [], "reward": 0.0})
+    return {
+        "problem": PROBLEM,
+        "reference_answer": "14",
+        "reference_solution": SOLUTION,
+        "rollouts": rollouts,
+    }
+
+
+def score(server, context_ids, target_ids):
+    body = {"sequences": [{"context_ids": context_ids, "target_ids": target_ids}]}
+    return np.asarray(
+        httpx.post(server.url + "/v1/logprobs", json=body, timeout=60).json()["results"][0][
+            "logprobs"
+        ]
+    )
+
+
+@pytest.mark.parametrize("method", TEACHER_METHODS)
+def test_teacher_logprobs_equal_logprobs_on_rendered_context(server, group, method):
+    body = {"method": method, "groups": [group], "return_details": True, "seed": 3}
+    res = post(server, body)
+    assert res.status_code == 200, res.text
+    out = res.json()
+    student_prompt = httpx.post(
+        server.url + "/v1/tokenize",
+        json={
+            "messages": [
+                {
+                    "role": "user",
+                    "content": f"{PROBLEM}\n\nPlease reason step by step, and put your final answer within \\boxed{{}}.",
+                }
+            ]
+        },
+    ).json()["ids"]
+    for rollout, result in zip(group["rollouts"], out["groups"][0]["rollouts"]):
+        details, n = result["details"], len(rollout["response_ids"])
+        assert len(result["advantages"]) == n
+        assert np.all(np.isfinite(result["advantages"]))
+        np.testing.assert_allclose(
+            details["student_logprobs"],
+            score(server, student_prompt, rollout["response_ids"]) if n else [],
+            atol=1e-5,
+        )
+        if details["masked"]:
+            assert np.all(np.asarray(result["advantages"]) == 0.0) or method in (
+                "rlsd",
+                "antisd",
+                "amrsd",
+            )
+            continue
+        context_ids = httpx.post(
+            server.url + "/v1/tokenize",
+            json={"messages": [{"role": "user", "content": details["teacher_context"]}]},
+        ).json()["ids"]
+        expected = score(server, context_ids, rollout["response_ids"]) if n else []
+        np.testing.assert_allclose(details["teacher_logprobs"], expected, atol=1e-5)
+
+
+def test_advantages_match_credit_math(server, group):
+    """Server advantages == compute_credit on the server's own student/teacher numbers."""
+    res = post(
+        server,
+        {
+            "method": "hsd",
+            "params": {"mix": 0.5},
+            "groups": [group],
+            "return_details": True,
+            "step": 3,
+        },
+    )
+    out = res.json()["groups"][0]["rollouts"]
+    lengths = [len(r["response_ids"]) for r in group["rollouts"]]
+    T = max(lengths)
+    s = torch.zeros(len(out), T, dtype=torch.float64)
+    t = torch.zeros_like(s)
+    for b, r in enumerate(out):
+        s[b, : lengths[b]] = torch.tensor(r["details"]["student_logprobs"], dtype=torch.float64)
+        t[b, : lengths[b]] = torch.tensor(r["details"]["teacher_logprobs"], dtype=torch.float64)
+    inputs = CreditInputs(
+        mask_BT=torch.arange(T)[None] < torch.tensor(lengths)[:, None],
+        rewards_B=torch.tensor([r["reward"] for r in group["rollouts"]], dtype=torch.float64),
+        group_ids_B=torch.zeros(len(out), dtype=torch.long),
+        student_lp_BT=s,
+        teacher_lp_BT=t,
+        context_mask_B=torch.tensor([not r["details"]["masked"] for r in out]),
+        step=3,
+    )
+    expected = compute_credit("hsd", inputs, {"mix": 0.5}).advantages_BT
+    for b, r in enumerate(out):
+        np.testing.assert_allclose(r["advantages"], expected[b, : lengths[b]].numpy(), atol=1e-5)
+
+
+def test_hsd_peers_are_other_successes_and_seeded(server, group):
+    def peers(seed):
+        out = post(
+            server, {"method": "hsd", "groups": [group], "return_details": True, "seed": seed}
+        ).json()
+        return [r["details"]["peer_index"] for r in out["groups"][0]["rollouts"]]
+
+    first = peers(7)
+    assert first == peers(7)
+    successes = {i for i, r in enumerate(group["rollouts"]) if r["reward"] >= 0.5}
+    for i, peer in enumerate(first):
+        assert peer is None or (peer in successes and peer != i)
+    assert first[0] == 2 and first[2] == 0  # the only other success
+
+
+def test_bring_your_own_logprobs(server):
+    """T3 through HTTP: opsd returns u = t - s exactly; no model call needed."""
+    s, t = [-1.0, -2.0, -0.5], [-0.5, -3.0, -0.5]
+    rollout = {
+        "response_ids": [1, 2, 3],
+        "reward": 1.0,
+        "student_logprobs": s,
+        "teacher_logprobs": t,
+    }
+    out = post(server, {"method": "opsd", "groups": [{"rollouts": [rollout]}]}).json()
+    np.testing.assert_allclose(
+        out["groups"][0]["rollouts"][0]["advantages"], [0.5, -1.0, 0.0], atol=1e-6
+    )
+    out = post(server, {"method": "opd", "groups": [{"rollouts": [rollout]}]}).json()
+    np.testing.assert_allclose(
+        out["groups"][0]["rollouts"][0]["advantages"], [0.666667, -0.833333, 0.166667], atol=1e-6
+    )
+
+
+def test_antisd_state_round_trip(server, group):
+    state, gates = None, []
+    for step in range(7):
+        out = post(
+            server, {"method": "antisd", "groups": [group], "step": step, "state": state}
+        ).json()
+        state = out["state"]
+        gates.append(out["stats"]["gate"])
+        assert out["stats"]["teacher_entropy"] > 0
+    assert gates[:5] == [0] * 5
+    assert len(state["warmup_history"]) == 5 and state["h_warm"] is not None
+    assert gates[5] in (0, 1) and set(state) == {"warmup_history", "h_warm", "tau_down", "g"}
+
+
+def test_packed_response(server, group):
+    out = post(server, {"method": "grpo", "groups": [group], "encoding": "base64"}).json()
+    adv = decode_packed(out["groups"][0]["rollouts"][0]["advantages"])
+    assert adv.dtype == np.float32 and adv.shape == (len(group["rollouts"][0]["response_ids"]),)
+    np.testing.assert_allclose(
+        adv, 0.6 / np.std([1, 0, 1, 0, 0], ddof=1), atol=1e-5
+    )  # rewards [1,0,1,0,0]
+
+
+def test_empty_responses_give_empty_advantages(server):
+    rollouts = [{"response_ids": [], "reward": r} for r in (1.0, 0.0)]
+    for method in ("grpo", "opsd", "antisd"):
+        body = {
+            "method": method,
+            "groups": [{"problem": PROBLEM, "reference_solution": SOLUTION, "rollouts": rollouts}],
+        }
+        res = post(server, body)
+        assert res.status_code == 200, res.text
+        assert [r["advantages"] for r in res.json()["groups"][0]["rollouts"]] == [[], []]
+
+
+BAD = [
+    (
+        "length mismatch",
+        {
+            "method": "grpo",
+            "groups": [
+                {
+                    "rollouts": [
+                        {"response_ids": [1], "reward": 1},
+                        {"response_ids": [1, 2], "reward": 0, "student_logprobs": [0.0]},
+                    ]
+                }
+            ],
+        },
+        "groups[0].rollouts[1].student_logprobs",
+    ),
+    (
+        "unknown method",
+        {"method": "ppo", "groups": [{"rollouts": [{"response_ids": [1], "reward": 1}]}]},
+        "method",
+    ),
+    (
+        "unknown param",
+        {
+            "method": "rlsd",
+            "params": {"lamda": 1},
+            "groups": [{"rollouts": [{"response_ids": [1], "reward": 1}]}],
+        },
+        "params.lamda",
+    ),
+    (
+        "bad param value",
+        {
+            "method": "amrsd",
+            "params": {"kappa": "big"},
+            "groups": [{"rollouts": [{"response_ids": [1], "reward": 1}]}],
+        },
+        "params.kappa",
+    ),
+    ("no groups", {"method": "grpo", "groups": []}, "groups"),
+    ("no rollouts", {"method": "grpo", "groups": [{"rollouts": []}]}, "groups[0].rollouts"),
+    (
+        "missing reference",
+        {
+            "method": "opsd",
+            "groups": [{"problem": "x", "rollouts": [{"response_ids": [1], "reward": 1}]}],
+        },
+        "groups[0].reference_solution",
+    ),
+    (
+        "missing prompt",
+        {
+            "method": "opsd",
+            "groups": [
+                {"reference_solution": "y", "rollouts": [{"response_ids": [1], "reward": 1}]}
+            ],
+        },
+        "groups[0].problem",
+    ),
+    (
+        "id out of vocab",
+        {"method": "grpo", "groups": [{"rollouts": [{"response_ids": [10**8], "reward": 1}]}]},
+        "groups[0].rollouts[0].response_ids",
+    ),
+    (
+        "negative step",
+        {
+            "method": "grpo",
+            "step": -1,
+            "groups": [{"rollouts": [{"response_ids": [1], "reward": 1}]}],
+        },
+        "step",
+    ),
+    (
+        "bad reward",
+        {"method": "grpo", "groups": [{"rollouts": [{"response_ids": [1], "reward": "yes"}]}]},
+        "groups[0].rollouts[0].reward",
+    ),
+    (
+        "bad state",
+        {
+            "method": "antisd",
+            "state": {"g": 7},
+            "groups": [
+                {
+                    "rollouts": [
+                        {
+                            "response_ids": [1],
+                            "reward": 1,
+                            "student_logprobs": [0.0],
+                            "teacher_logprobs": [0.0],
+                            "teacher_entropy": [1.0],
+                        }
+                    ]
+                }
+            ],
+        },
+        "state",
+    ),
+]
+
+
+@pytest.mark.parametrize("case", BAD, ids=[c[0] for c in BAD])
+def test_bad_requests_name_the_field(server, case):
+    _, body, field = case
+    res = post(server, body)
+    assert res.status_code == 422, res.text
+    assert res.json()["error"]["field"] == field
+
+
+def test_response_over_max_model_len(server, group):
+    n = httpx.get(server.url + "/v1/model").json()["max_model_len"]
+    body = {
+        "method": "opsd",
+        "groups": [{**group, "rollouts": [{"response_ids": [5] * n, "reward": 1.0}]}],
+    }
+    res = post(server, body)
+    assert (
+        res.status_code == 422
+        and res.json()["error"]["field"] == "groups[0].rollouts[0].response_ids"
+    )
