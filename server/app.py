@@ -13,7 +13,7 @@ from fastapi import FastAPI
 
 from server.errors import install_error_handlers
 from server.middleware import RequestIdFilter, ServiceMiddleware
-from server.routes import credit, hints, meta, scoring, weights
+from server.routes import credit, hints, meta, reward, scoring, weights
 from server.runtime import Runtime
 from server.settings import Settings, get_settings
 
@@ -50,7 +50,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.runtime = runtime
     install_error_handlers(app)
-    for module in (meta, scoring, credit, hints, weights):
+    for module in (meta, scoring, credit, hints, weights, reward):
         app.include_router(module.router)
     app.add_middleware(
         ServiceMiddleware, metrics=runtime.metrics, max_body_bytes=settings.max_body_bytes
