@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import math
+import time
 from typing import Any
 
 import numpy as np
@@ -92,7 +93,11 @@ def padded(rows: list[np.ndarray], T: int) -> torch.Tensor:
     return out
 
 
-async def advantages(runtime: Runtime, request: AdvantagesRequest) -> dict[str, Any]:
+async def advantages(
+    runtime: Runtime, request: AdvantagesRequest, timings: dict[str, float] | None = None
+) -> dict[str, Any]:
+    """The response body; ``timings`` (if given) receives seconds spent scoring and in the math."""
+    timings = {} if timings is None else timings
     engine, _ = runtime.require_engine()
     info = engine.info
     method, params = parse_method(request)
@@ -148,7 +153,9 @@ async def advantages(runtime: Runtime, request: AdvantagesRequest) -> dict[str, 
                     )
                     items.append(ScoreItem(prompt, tuple(batch.raw[b].response_ids.tolist())))
                     slots.append(("student", b))
+        started = time.perf_counter()
         outputs = await score_items(runtime, items)
+        timings["score"] = time.perf_counter() - started
 
     for (role, b), out in zip(slots, outputs):
         if role == "student":
@@ -159,19 +166,23 @@ async def advantages(runtime: Runtime, request: AdvantagesRequest) -> dict[str, 
             if method.needs_entropy and entropy[b] is None:
                 entropy[b] = out.entropy
     context_mask = [c is None or c.message is not None for c in contexts]
-    return _compute(
-        runtime,
-        request,
-        method,
-        params,
-        batch,
-        student,
-        teacher,
-        entropy,
-        contexts,
-        context_mask,
-        version,
-    )
+    started = time.perf_counter()
+    try:
+        return _compute(
+            runtime,
+            request,
+            method,
+            params,
+            batch,
+            student,
+            teacher,
+            entropy,
+            contexts,
+            context_mask,
+            version,
+        )
+    finally:
+        timings["math"] = time.perf_counter() - started
 
 
 def _compute(

@@ -93,6 +93,7 @@ class HFEngine:
         self.device = device
         self.dtype = dtype
         self._lock = threading.Lock()  # one forward at a time; torch already uses every core
+        self.share_prefixes = True  # off only to measure what sharing saves (benchmarks/credit.py)
         config = model.config
         self.info = EngineInfo(
             model=settings.model_path,
@@ -166,7 +167,11 @@ class HFEngine:
             by_context[item.context_ids].append(i)
         shared, single = {}, []
         for context, members in by_context.items():
-            if len(members) >= SHARED_PREFIX_MIN_ITEMS and len(context) >= SHARED_PREFIX_MIN_TOKENS:
+            if (
+                self.share_prefixes
+                and len(members) >= SHARED_PREFIX_MIN_ITEMS
+                and len(context) >= SHARED_PREFIX_MIN_TOKENS
+            ):
                 shared[context] = members
             else:
                 single.extend(members)

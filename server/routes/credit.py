@@ -16,4 +16,8 @@ router = APIRouter(dependencies=[Depends(require_api_key)])
     "/v1/advantages", response_model=AdvantagesResponse, response_class=JSONBody, responses=ERRORS
 )
 async def compute_advantages(request: Request, body: AdvantagesRequest) -> JSONBody:
-    return JSONBody(await advantages.advantages(request.app.state.runtime, body))
+    timings: dict[str, float] = {}
+    result = await advantages.advantages(request.app.state.runtime, body, timings)
+    # Server-Timing lets a caller split its round trip into scoring, math and transport.
+    server_timing = ", ".join(f"{k};dur={v * 1000:.3f}" for k, v in timings.items())
+    return JSONBody(result, headers={"Server-Timing": server_timing})
