@@ -2,11 +2,27 @@
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from proto.base import WireModel
+
+# Placeholders a reflection template may use (server/templates.py REFLECTION_PROMPT and blocks).
+REFLECTION_PLACEHOLDERS = (
+    "problem",  # the group's problem
+    "attempt",  # this rollout's text, <think> blocks removed, right-truncated to fit
+    "grade",  # "correct" | "incorrect"
+    "peer_block",  # "A verified-correct attempt from a peer: {peer}\n" or ""
+    "feedback_block",  # "Feedback: {feedback}\n" or ""
+    "peer",  # the peer's text alone ("" without a peer)
+    "feedback",  # the rollout's feedback alone ("" without)
+    "kind",  # "hint" | "critique"
+    "focus",  # "that made it work" | "where it went wrong"
+)
+# ``{name}`` not glued to a LaTeX command or a previous group (``\frac{a}{b}`` is no placeholder).
+_PLACEHOLDER = re.compile(r"(?<![\\A-Za-z}])\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
 class HintRollout(WireModel):
@@ -26,10 +42,27 @@ class HintGroup(WireModel):
 
 
 class ReflectionTemplates(WireModel):
-    """Override the reflection prompt; placeholders as in `server/hints.py`'s defaults."""
+    """Override the reflection prompt (the user message) for correct (`hint`) or failed
+    (`critique`) rollouts. Placeholders: `{problem}`, `{attempt}`, `{grade}`, `{peer_block}`,
+    `{feedback_block}`, `{peer}`, `{feedback}`, `{kind}`, `{focus}`; other braces are kept
+    literally. The reference answer is never a placeholder. See docs/hints.md."""
 
-    hint: str | None = None
-    critique: str | None = None
+    hint: str | None = Field(default=None, min_length=1)
+    critique: str | None = Field(default=None, min_length=1)
+
+    @field_validator("hint", "critique")
+    @classmethod
+    def check_placeholders(cls, value: str | None) -> str | None:
+        if value is not None:
+            unknown = sorted(
+                {n for n in _PLACEHOLDER.findall(value)} - set(REFLECTION_PLACEHOLDERS)
+            )
+            if unknown:
+                raise ValueError(
+                    f"unknown placeholder {{{unknown[0]}}}; allowed: "
+                    + ", ".join("{" + n + "}" for n in REFLECTION_PLACEHOLDERS)
+                )
+        return value
 
 
 class HintsRequest(WireModel):
@@ -48,7 +81,9 @@ class Reflection(WireModel):
     leaked: bool = False
     fallback: bool = False
     reason: str | None = Field(
-        default=None, description="Why a fallback happened: leaked, no_tag, truncated."
+        default=None,
+        description="Why a fallback happened: leaked, no_tag, truncated, empty. `truncated` with "
+        "`fallback: false`: an over-long reflection cut at its last sentence boundary.",
     )
 
 
