@@ -174,7 +174,15 @@ class PromptBuilder:
         self.max_model_len = max_model_len
         self.max_tokens = max_tokens
 
-    def build(self, groups: Sequence[Any], seed: int, templates: Any = None) -> list[ReflectionJob]:
+    def build(
+        self,
+        groups: Sequence[Any],
+        seed: int,
+        templates: Any = None,
+        select: Sequence[Sequence[bool]] | None = None,
+    ) -> list[ReflectionJob]:
+        """Jobs in group/rollout order; ``select[g][i]`` False skips rollout i of group g (it
+        still serves as a peer)."""
         if self.max_tokens >= self.max_model_len:
             raise ServiceError(
                 422,
@@ -188,14 +196,18 @@ class PromptBuilder:
         }
         jobs = []
         for gi, group in enumerate(groups):
+            rollouts = list(_get(group, "rollouts") or ())
+            if select is not None and not any(select[gi]):
+                continue
             problem = _get(group, "problem")
             if not problem:
                 raise ServiceError(
                     422, f"groups[{gi}].problem is needed to reflect", field=f"groups[{gi}].problem"
                 )
-            rollouts = list(_get(group, "rollouts") or ())
             correct = [bool(_get(r, "correct")) for r in rollouts]
             for ri, rollout in enumerate(rollouts):
+                if select is not None and not select[gi][ri]:
+                    continue
                 peer = choose_peer(correct, ri, seed, gi)
                 kind = "hint" if correct[ri] else "critique"
                 message, ids = self._fit(
@@ -329,18 +341,21 @@ async def reflect_rollouts(
     temperature: float = 0.7,
     seed: int = 0,
     templates: Any = None,
-) -> list[list[Reflection]]:
+    select: Sequence[Sequence[bool]] | None = None,
+) -> list[list[Reflection | None]]:
     """One ``Reflection`` per rollout, groups in order, all generated in one engine batch.
 
     ``groups``: wire ``HintGroup``s, or dicts / objects with ``problem``, optional
     ``reference_answer`` / ``reference_solution`` (leak guard only) and ``rollouts``, each with
     ``text``, ``correct`` (bool) and optional ``feedback``. ``templates``: optional object or dict
-    with ``hint`` / ``critique`` overrides. Takes no weights lease: the caller holds
+    with ``hint`` / ``critique`` overrides. ``select``: per group, per rollout, whether to reflect
+    on it (default all); unselected rollouts still serve as peers and come back as None. Same
+    ``seed``, same texts for the selected ones whatever is selected. Takes no weights lease: the caller holds
     ``runtime.gate.reading(...)`` around it. Raises ``ServiceError`` 422 naming
     ``max_tokens``, ``groups[g].problem`` or ``groups[g].rollouts[i]`` when a prompt cannot fit.
     """
     builder = PromptBuilder(engine.tokenizer, engine.info.max_model_len, max_tokens)
-    jobs = builder.build(groups, seed, templates)
+    jobs = builder.build(groups, seed, templates, select)
     stops = stop_ids(engine.tokenizer)
     items = [
         GenerateItem(
@@ -354,22 +369,20 @@ async def reflect_rollouts(
     ]
     outputs: list[GenerateOutput] = await engine.generate(items) if items else []
     answers = [leak_answers(g) for g in groups]
-    out: list[list[Reflection]] = [[] for _ in groups]
+    out: list[list[Reflection | None]] = [[None] * len(_get(g, "rollouts") or ()) for g in groups]
     for job, gen in zip(jobs, outputs):
         text = engine.tokenizer.decode(gen.token_ids, skip_special_tokens=True)
-        out[job.group].append(
-            parse_reflection(
-                text,
-                job.kind,
-                gen.finish_reason,
-                answers=answers[job.group],
-                peer_index=job.peer_index,
-            )
+        out[job.group][job.index] = parse_reflection(
+            text,
+            job.kind,
+            gen.finish_reason,
+            answers=answers[job.group],
+            peer_index=job.peer_index,
         )
     n = len(jobs)
     if n:
         reasons: dict[str, int] = {}
-        for r in (r for g in out for r in g if r.reason):
+        for r in (r for g in out for r in g if r is not None and r.reason):
             reasons[r.reason] = reasons.get(r.reason, 0) + 1
         log.info("reflections: %d written, reasons %s", n, reasons or "none")
     return out

@@ -265,6 +265,21 @@ def test_reflect_rollouts_one_batch_seeded_and_in_order(tokenizer):
     assert [it.seed for it in engine.calls[1]] != [it.seed for it in items]
 
 
+def test_reflect_rollouts_select(tokenizer):
+    """Only selected rollouts are generated (advantages: those sent without a reflection); the
+    others still serve as peers, and a group with none selected needs no problem."""
+    engine = FakeEngine(tokenizer, [("<critique>Recheck 3+4.</critique>", "stop")] * 6)
+    groups = [lone_group(), {"problem": None, "rollouts": [{"text": "x", "correct": True}]}]
+    everything = asyncio.run(reflect_rollouts(engine, groups[:1], max_tokens=8, seed=3))
+    out = asyncio.run(
+        reflect_rollouts(engine, groups, max_tokens=8, seed=3, select=[[False, True], [False]])
+    )
+    assert len(engine.calls[1]) == 1
+    assert engine.calls[1][0] == engine.calls[0][1]  # same prompt, peer and seed as unselected
+    assert out[0][0] is None and out[1] == [None]
+    assert out[0][1] == everything[0][1] and out[0][1].peer_index == 0
+
+
 def test_template_overrides_reach_the_engine(tokenizer):
     engine = FakeEngine(tokenizer, [("<hint>x</hint>", "stop")] * 2)
     overrides = {"hint": "H {problem} | {grade} | {peer}", "critique": "C {attempt} {feedback}"}
