@@ -9,6 +9,7 @@ from pydantic_core import PydanticCustomError
 
 from proto.arrays import Encoding, FloatArray, FloatArrayOut, IdArray
 from proto.base import WireModel
+from proto.hints import Reflection
 
 METHODS = ("grpo", "dr_grpo", "opd", "opsd", "sdpo", "rlsd", "hsd", "antisd", "amrsd")
 Method = Literal["grpo", "dr_grpo", "opd", "opsd", "sdpo", "rlsd", "hsd", "antisd", "amrsd"]
@@ -82,6 +83,9 @@ class RolloutDetails(WireModel):
     teacher_context: str | None = None
     peer_index: int | None = None
     masked: bool = False
+    reflection: Reflection | None = Field(
+        default=None, description="AMR-SD: the reflection the server wrote for this rollout."
+    )
 
 
 class RolloutAdvantages(WireModel):

@@ -1,74 +1,229 @@
 """POST /v1/advantages: per-token credit for a batch of groups in one call.
 
 1. Flatten the groups' rollouts into a batch (B rollouts, padded to T response tokens).
-2. Student log-probs: the caller's, else scored from ``prompt_ids + response_ids``.
-3. Teacher log-probs: the caller's, else scored under the method's teacher context
+2. AMR-SD only: the model writes a reflection for every rollout that came without one.
+3. Student log-probs: the caller's, else scored from ``prompt_ids + response_ids``.
+4. Teacher log-probs: the caller's, else scored under the method's teacher context
    (``server/contexts.py``), with entropy when the method needs it (AntiSD's gate).
    Student and teacher items go to the engine in one batch, so shared prefixes (a group's
    prompt, a group's teacher context) are computed once.
-4. The method's pure torch function (``server/credit``) turns them into advantages.
+5. The method's pure torch function (``server/credit``) turns them into advantages.
+Steps 2-4 hold one weights lease, so one response comes from one weights version.
 """
 
 from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pydantic
 import torch
 
-from proto import AdvantagesRequest, encode_array
+from proto import AdvantagesRequest, Reflection, encode_array
 from server.contexts import ContextBuilder, GroupView, MissingField, RolloutView, TeacherContext
-from server.credit import CreditInputs, CreditMethod, get_method
-from server.engines.base import ScoreItem
+from server.credit import CreditInputs, CreditMethod, CreditParams, get_method
+from server.engines.base import ScoreItem, TeacherEngine
 from server.errors import ServiceError, json_path
+from server.hints import reflect_rollouts
 from server.runtime import Runtime
 from server.scoring import check_ids, check_length, score_items
 
 
-def parse_method(request: AdvantagesRequest):
+def parse_method(request: AdvantagesRequest) -> tuple[CreditMethod, CreditParams]:
     method = get_method(request.method)
     try:
         params = method.parse_params(request.params)
     except pydantic.ValidationError as exc:
         err = exc.errors()[0]
-        field = json_path(["params", *err["loc"]])
-        message = (
-            f"unknown parameter for {method.id}" if err["type"] == "extra_forbidden" else err["msg"]
-        )
-        raise ServiceError(422, f"{field}: {message}", field=field) from None
+        path = json_path(["params", *err["loc"]])
+        unknown = err["type"] == "extra_forbidden"
+        message = f"unknown parameter for {method.id}" if unknown else err["msg"]
+        raise ServiceError(422, f"{path}: {message}", field=path) from None
     return method, params
 
 
+@dataclass
 class Batch:
-    """The request's rollouts flattened in order, with their paths for error messages."""
+    """The request's rollouts flattened in order, and what has been learnt about each."""
 
-    def __init__(self, request: AdvantagesRequest, tokenizer):
-        self.groups = [
+    groups: list[GroupView]
+    rollouts: list[RolloutView]
+    raw: list[Any]  # the wire Rollouts
+    paths: list[str]  # "groups[g].rollouts[i]", for error messages
+    index: dict[tuple[int, int], int]  # (group, rollout) -> batch position
+    student: list[np.ndarray | None] = field(default_factory=list)
+    teacher: list[np.ndarray | None] = field(default_factory=list)
+    entropy: list[np.ndarray | None] = field(default_factory=list)
+    contexts: list[TeacherContext | None] = field(default_factory=list)
+    reflections: list[Reflection | None] = field(default_factory=list)
+
+    @classmethod
+    def from_request(cls, request: AdvantagesRequest, tokenizer) -> Batch:
+        groups = [
             GroupView(g.problem, g.reference_answer, g.reference_solution) for g in request.groups
         ]
-        self.rollouts, self.raw, self.paths = [], [], []
+        batch = cls(groups, [], [], [], {})
         for gi, group in enumerate(request.groups):
-            for ri, rollout in enumerate(group.rollouts):
-                text = rollout.text
+            for ri, r in enumerate(group.rollouts):
+                text = r.text
                 if text is None:
-                    text = tokenizer.decode(rollout.response_ids.tolist(), skip_special_tokens=True)
-                self.rollouts.append(
+                    text = tokenizer.decode(r.response_ids.tolist(), skip_special_tokens=True)
+                batch.index[(gi, ri)] = len(batch.raw)
+                batch.rollouts.append(
                     RolloutView(
-                        gi,
-                        ri,
-                        rollout.reward,
-                        len(rollout.response_ids),
-                        text,
-                        rollout.feedback,
-                        rollout.reflection,
+                        gi, ri, r.reward, len(r.response_ids), text, r.feedback, r.reflection
                     )
                 )
-                self.raw.append(rollout)
-                self.paths.append(f"groups[{gi}].rollouts[{ri}]")
-        self.lengths = [len(r.response_ids) for r in self.raw]
+                batch.raw.append(r)
+                batch.paths.append(f"groups[{gi}].rollouts[{ri}]")
+        B = len(batch.raw)
+        batch.student = [r.student_logprobs for r in batch.raw]
+        batch.teacher = [r.teacher_logprobs for r in batch.raw]
+        batch.entropy = [r.teacher_entropy for r in batch.raw]
+        batch.contexts = [None] * B
+        batch.reflections = [None] * B
+        return batch
+
+    @property
+    def lengths(self) -> list[int]:
+        return [r.response_len for r in self.rollouts]
+
+    def response(self, b: int) -> tuple[int, ...]:
+        return tuple(self.raw[b].response_ids.tolist())
+
+    @property
+    def context_mask(self) -> list[bool]:
+        """False where the method found no teacher context (the credit math masks the row)."""
+        return [c is None or c.message is not None for c in self.contexts]
+
+
+async def advantages(
+    runtime: Runtime, request: AdvantagesRequest, timings: dict[str, float] | None = None
+) -> dict[str, Any]:
+    """The response body; ``timings`` (if given) receives seconds spent scoring and in the math."""
+    timings = {} if timings is None else timings
+    engine, _ = runtime.require_engine()
+    method, params = parse_method(request)
+    batch = Batch.from_request(request, engine.tokenizer)
+    check_request_ids(request, batch, engine.info.vocab_size)
+
+    async with runtime.gate.reading(request.min_weights_version) as version:
+        await write_missing_reflections(engine, request, method, params, batch)
+        items, slots = plan_scoring(request, method, params, batch, engine)
+        started = time.perf_counter()
+        outputs = await score_items(runtime, items)
+        timings["score"] = time.perf_counter() - started
+
+    for (role, b), out in zip(slots, outputs):
+        if role == "student":
+            batch.student[b] = out.logprobs
+        else:
+            if batch.teacher[b] is None:
+                batch.teacher[b] = out.logprobs
+            if method.needs_entropy and batch.entropy[b] is None:
+                batch.entropy[b] = out.entropy
+    started = time.perf_counter()
+    try:
+        return compute_response(request, method, params, batch, version)
+    finally:
+        timings["math"] = time.perf_counter() - started
+
+
+def check_request_ids(request: AdvantagesRequest, batch: Batch, vocab_size: int) -> None:
+    for gi, group in enumerate(request.groups):
+        if group.prompt_ids is not None:
+            check_ids(group.prompt_ids, vocab_size, f"groups[{gi}].prompt_ids")
+    for path, rollout in zip(batch.paths, batch.raw):
+        check_ids(rollout.response_ids, vocab_size, f"{path}.response_ids")
+
+
+async def write_missing_reflections(
+    engine: TeacherEngine, request: AdvantagesRequest, method: CreditMethod, params, batch: Batch
+) -> None:
+    """AMR-SD: the model writes a hint/critique for every rollout that came without one.
+
+    Correctness is ``reward >= 0.5``; the reference answer only feeds the leak guard. A leaked,
+    tag-less or truncated reflection falls back to "" (teacher = student prompt, plain GRPO).
+    """
+    if method.teacher_context != "reflection":
+        return
+    select = [[r.reflection is None for r in g.rollouts] for g in request.groups]
+    if not any(any(row) for row in select):
+        return
+    groups = []
+    for gi, g in enumerate(request.groups):
+        if any(select[gi]) and not g.problem:
+            raise ServiceError(
+                422, "amrsd writes reflections from groups[].problem", field=f"groups[{gi}].problem"
+            )
+        views = [batch.rollouts[batch.index[(gi, ri)]] for ri in range(len(g.rollouts))]
+        groups.append(
+            {
+                "problem": g.problem,
+                "reference_answer": g.reference_answer,
+                "reference_solution": g.reference_solution,
+                "rollouts": [
+                    {"text": v.text, "correct": v.reward >= 0.5, "feedback": v.feedback}
+                    for v in views
+                ],
+            }
+        )
+    written = await reflect_rollouts(
+        engine,
+        groups,
+        max_tokens=params.reflection_max_tokens,
+        temperature=params.reflection_temperature,
+        seed=request.seed,
+        select=select,
+    )
+    for gi, row in enumerate(written):
+        for ri, reflection in enumerate(row):
+            if reflection is not None:
+                b = batch.index[(gi, ri)]
+                batch.reflections[b] = reflection
+                batch.rollouts[b].reflection = reflection.text
+
+
+def plan_scoring(
+    request, method: CreditMethod, params, batch: Batch, engine
+) -> tuple[list[ScoreItem], list]:
+    """The engine items this request still needs: teacher items first, then student items."""
+    info = engine.info
+    builder = ContextBuilder(engine.tokenizer, info.max_model_len)
+    items: list[ScoreItem] = []
+    slots: list[tuple[str, int]] = []
+    if not method.needs_teacher:
+        return items, slots
+    B = len(batch.raw)
+    need_teacher = [
+        b
+        for b in range(B)
+        if batch.teacher[b] is None or (method.needs_entropy and batch.entropy[b] is None)
+    ]
+    if need_teacher:
+        try:
+            built = builder.build(method, params, batch.groups, batch.rollouts, request.seed)
+        except MissingField as exc:
+            raise ServiceError(422, str(exc), field=exc.field) from None
+        for b in need_teacher:
+            batch.contexts[b] = built[b]
+            if built[b].message is None:
+                continue  # no teacher context: the method masks this row
+            check_length(
+                len(built[b].ids) + batch.lengths[b], info, f"{batch.paths[b]}.response_ids"
+            )
+            items.append(ScoreItem(built[b].ids, batch.response(b), entropy=method.needs_entropy))
+            slots.append(("teacher", b))
+    for b in range(B):
+        if batch.student[b] is None:
+            prompt = student_prompt_ids(request, builder, batch.rollouts[b].group)
+            check_length(len(prompt) + batch.lengths[b], info, f"{batch.paths[b]}.response_ids")
+            items.append(ScoreItem(prompt, batch.response(b)))
+            slots.append(("student", b))
+    return items, slots
 
 
 def student_prompt_ids(
@@ -86,167 +241,60 @@ def student_prompt_ids(
     )
 
 
-def padded(rows: list[np.ndarray], T: int) -> torch.Tensor:
-    out = torch.zeros((len(rows), T), dtype=torch.float64)
+def padded(rows: list[np.ndarray | None], lengths: list[int], T: int) -> torch.Tensor:
+    """Right-padded (B, T) float64; a missing row is zeros."""
+    out = torch.zeros((len(lengths), T), dtype=torch.float64)
     for b, row in enumerate(rows):
-        out[b, : len(row)] = torch.from_numpy(np.asarray(row, dtype=np.float64))
+        if row is not None:
+            out[b, : lengths[b]] = torch.from_numpy(np.asarray(row, dtype=np.float64))
     return out
 
 
-async def advantages(
-    runtime: Runtime, request: AdvantagesRequest, timings: dict[str, float] | None = None
+def compute_response(
+    request, method: CreditMethod, params, batch: Batch, version: int
 ) -> dict[str, Any]:
-    """The response body; ``timings`` (if given) receives seconds spent scoring and in the math."""
-    timings = {} if timings is None else timings
-    engine, _ = runtime.require_engine()
-    info = engine.info
-    method, params = parse_method(request)
-    builder = ContextBuilder(engine.tokenizer, info.max_model_len)
-    batch = Batch(request, engine.tokenizer)
-    B = len(batch.raw)
-    for gi, group in enumerate(request.groups):
-        if group.prompt_ids is not None:
-            check_ids(group.prompt_ids, info.vocab_size, f"groups[{gi}].prompt_ids")
-    for path, rollout in zip(batch.paths, batch.raw):
-        check_ids(rollout.response_ids, info.vocab_size, f"{path}.response_ids")
-
-    async with runtime.gate.reading(request.min_weights_version) as version:
-        contexts: list[TeacherContext | None] = [None] * B
-        student: list[np.ndarray | None] = [r.student_logprobs for r in batch.raw]
-        teacher: list[np.ndarray | None] = [r.teacher_logprobs for r in batch.raw]
-        entropy: list[np.ndarray | None] = [r.teacher_entropy for r in batch.raw]
-        items: list[ScoreItem] = []
-        slots: list[tuple[str, int]] = []
-        if method.needs_teacher:
-            need_teacher = [
-                b
-                for b in range(B)
-                if teacher[b] is None or (method.needs_entropy and entropy[b] is None)
-            ]
-            if need_teacher:
-                try:
-                    built = builder.build(
-                        method, params, batch.groups, batch.rollouts, request.seed
-                    )
-                except MissingField as exc:
-                    raise ServiceError(422, str(exc), field=exc.field) from None
-                for b in need_teacher:
-                    contexts[b] = built[b]
-                    if built[b].message is None:
-                        continue  # no teacher context: the method masks this row
-                    check_length(
-                        len(built[b].ids) + batch.lengths[b], info, f"{batch.paths[b]}.response_ids"
-                    )
-                    items.append(
-                        ScoreItem(
-                            built[b].ids,
-                            tuple(batch.raw[b].response_ids.tolist()),
-                            entropy=method.needs_entropy,
-                        )
-                    )
-                    slots.append(("teacher", b))
-            for b in range(B):
-                if student[b] is None:
-                    prompt = student_prompt_ids(request, builder, batch.rollouts[b].group)
-                    check_length(
-                        len(prompt) + batch.lengths[b], info, f"{batch.paths[b]}.response_ids"
-                    )
-                    items.append(ScoreItem(prompt, tuple(batch.raw[b].response_ids.tolist())))
-                    slots.append(("student", b))
-        started = time.perf_counter()
-        outputs = await score_items(runtime, items)
-        timings["score"] = time.perf_counter() - started
-
-    for (role, b), out in zip(slots, outputs):
-        if role == "student":
-            student[b] = out.logprobs
-        else:
-            if teacher[b] is None:
-                teacher[b] = out.logprobs
-            if method.needs_entropy and entropy[b] is None:
-                entropy[b] = out.entropy
-    context_mask = [c is None or c.message is not None for c in contexts]
-    started = time.perf_counter()
-    try:
-        return _compute(
-            runtime,
-            request,
-            method,
-            params,
-            batch,
-            student,
-            teacher,
-            entropy,
-            contexts,
-            context_mask,
-            version,
-        )
-    finally:
-        timings["math"] = time.perf_counter() - started
-
-
-def _compute(
-    runtime,
-    request,
-    method: CreditMethod,
-    params,
-    batch,
-    student,
-    teacher,
-    entropy,
-    contexts,
-    context_mask,
-    version,
-):
-    B, lengths = len(batch.raw), batch.lengths
-    T = max(lengths, default=0)
+    lengths = batch.lengths
+    B, T = len(lengths), max(lengths, default=0)
     mask_BT = torch.arange(T)[None, :] < torch.tensor(lengths, dtype=torch.long)[:, None]
-    zeros = [np.zeros(n) for n in lengths]
-    # Masked rows (no teacher context) carry teacher = student, so u = 0 wherever a method reads it.
-    teacher = [t if t is not None else s for t, s in zip(teacher, student)]
+    context_mask = batch.context_mask
+    # Rows without a teacher context carry teacher = student, so u = 0 wherever a method reads it.
+    teacher = [t if t is not None else s for t, s in zip(batch.teacher, batch.student)]
     inputs = CreditInputs(
         mask_BT=mask_BT,
         rewards_B=torch.tensor([r.reward for r in batch.raw], dtype=torch.float64),
         group_ids_B=torch.tensor([r.group for r in batch.rollouts], dtype=torch.long),
-        student_lp_BT=padded([s if s is not None else z for s, z in zip(student, zeros)], T)
-        if method.needs_teacher
-        else None,
-        teacher_lp_BT=padded([t if t is not None else z for t, z in zip(teacher, zeros)], T)
-        if method.needs_teacher
-        else None,
-        teacher_entropy_BT=padded([e if e is not None else z for e, z in zip(entropy, zeros)], T)
-        if method.needs_entropy
-        else None,
+        student_lp_BT=padded(batch.student, lengths, T) if method.needs_teacher else None,
+        teacher_lp_BT=padded(teacher, lengths, T) if method.needs_teacher else None,
+        teacher_entropy_BT=padded(batch.entropy, lengths, T) if method.needs_entropy else None,
         context_mask_B=torch.tensor(context_mask, dtype=torch.bool),
         step=request.step,
     )
     try:
         result = method.compute(inputs, params, request.state)
     except (ValueError, KeyError, TypeError) as exc:
-        # The only request-dependent failures left here come from a malformed `state`.
+        # Inputs were checked above; what can still be wrong here is the caller's `state`.
         raise ServiceError(422, f"state: {exc}", field="state") from None
     adv_BT, signal_BT = result.advantages_BT.numpy(), result.signal_BT.numpy()
-    enc = request.encoding
+
+    def enc(x: np.ndarray | None, n: int):
+        return encode_array(
+            np.zeros(n, np.float32) if x is None else np.asarray(x, np.float32), request.encoding
+        )
+
     groups_out: list[dict] = [{"rollouts": []} for _ in request.groups]
     for b, rollout in enumerate(batch.rollouts):
         n = lengths[b]
-        entry: dict[str, Any] = {
-            "advantages": encode_array(adv_BT[b, :n].astype(np.float32), enc),
-            "details": None,
-        }
+        entry: dict[str, Any] = {"advantages": enc(adv_BT[b, :n], n), "details": None}
         if request.return_details:
-            ctx = contexts[b]
+            ctx, reflection = batch.contexts[b], batch.reflections[b]
             entry["details"] = {
-                "student_logprobs": encode_array(
-                    np.asarray(student[b] if student[b] is not None else zeros[b], np.float32), enc
-                ),
-                "teacher_logprobs": encode_array(
-                    np.asarray(teacher[b] if teacher[b] is not None else zeros[b], np.float32), enc
-                ),
-                "signal": encode_array(signal_BT[b, :n].astype(np.float32), enc),
+                "student_logprobs": enc(batch.student[b], n),
+                "teacher_logprobs": enc(teacher[b], n),
+                "signal": enc(signal_BT[b, :n], n),
                 "teacher_context": ctx.message if ctx is not None else None,
                 "peer_index": ctx.peer_index if ctx is not None else None,
                 "masked": not context_mask[b],
+                "reflection": reflection.model_dump() if reflection is not None else None,
             }
         groups_out[rollout.group]["rollouts"].append(entry)
     tokens = int(mask_BT.sum())
@@ -254,7 +302,7 @@ def _compute(
         "rollouts": B,
         "tokens": tokens,
         "gate": result.gate,
-        "teacher_entropy": _gate_statistic(inputs, params) if method.needs_entropy else None,
+        "teacher_entropy": gate_statistic(inputs, params) if method.needs_entropy else None,
         "mean_abs_signal": float(np.abs(signal_BT[mask_BT.numpy()]).mean()) if tokens else 0.0,
         "masked_rollouts": int(B - sum(context_mask)),
     }
@@ -267,7 +315,8 @@ def _compute(
     }
 
 
-def _gate_statistic(inputs: CreditInputs, params) -> float | None:
+def gate_statistic(inputs: CreditInputs, params) -> float | None:
+    """The per-step teacher-entropy statistic the AntiSD gate saw (median or mean)."""
     values = inputs.teacher_entropy_BT[inputs.mask_BT]
     if values.numel() == 0:
         return None

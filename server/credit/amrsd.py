@@ -47,6 +47,9 @@ class AmrsdParams(CreditParams):
     t_decay: int = Field(default=50, ge=0)
     grpo_std: GrpoStd = "unbiased"
     eps: float = Field(default=1e-6, ge=0.0)
+    # Meta-Reflection written by the server for rollouts that carry no `reflection` [R].
+    reflection_max_tokens: int = Field(default=128, ge=1, le=4096)
+    reflection_temperature: float = Field(default=0.7, ge=0.0, le=10.0)
 
 
 def amrsd_advantages(

@@ -329,3 +329,38 @@ def test_response_over_max_model_len(server, group):
         res.status_code == 422
         and res.json()["error"]["field"] == "groups[0].rollouts[0].response_ids"
     )
+
+
+def test_amrsd_writes_missing_reflections(server, group):
+    """Rollouts without `reflection` get one written by the model; given ones are kept."""
+    rollouts = [dict(r) for r in group["rollouts"]]
+    rollouts[1]["reflection"] = "Recheck the subtraction in the second step."
+    body = {
+        "method": "amrsd",
+        "params": {"reflection_max_tokens": 32},
+        "groups": [{**group, "rollouts": rollouts}],
+        "return_details": True,
+        "seed": 5,
+    }
+    first = post(server, body).json()
+    again = post(server, body).json()
+    for i, (rollout, result) in enumerate(zip(rollouts, first["groups"][0]["rollouts"])):
+        details = result["details"]
+        if i == 1:
+            assert details["reflection"] is None
+            assert (
+                "<critique>Recheck the subtraction in the second step.</critique>"
+                in details["teacher_context"]
+            )
+            continue
+        reflection = details["reflection"]
+        assert reflection["kind"] == ("hint" if rollout["reward"] >= 0.5 else "critique")
+        assert (
+            "14" not in (reflection["text"] or "").split()
+        )  # the leak guard never lets the answer through
+        if reflection["text"]:
+            assert reflection["text"] in details["teacher_context"]
+        else:
+            assert reflection["fallback"] and "<hint>" not in details["teacher_context"]
+    if server.backend == "hf":  # seeded sampling is reproducible on the hf engine
+        assert first["groups"] == again["groups"]
