@@ -1,15 +1,24 @@
-"""POST /get_reward (placeholder until OpenRLHF's remote reward protocol lands)."""
+"""POST /get_reward: OpenRLHF's remote reward protocol (``--reward.remote_url``).
+
+Auth as on every other route (``Authorization: Bearer`` when ``TC_API_KEYS`` is set). OpenRLHF's
+own HTTP reward client sends no headers, so a keyed pool is reached through the plugin's reward
+function instead (``--reward.remote_url trainer/openrlhf/reward_func.py``, docs/openrlhf.md).
+"""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends
 
-from server.errors import ServiceError
-from server.routes import ERRORS
+from proto.reward import RewardRequest, RewardResponse
+from server import reward
+from server.auth import require_api_key
+from server.routes import ERRORS, JSONBody
 
-router = APIRouter()
+router = APIRouter(dependencies=[Depends(require_api_key)])
 
 
-@router.post("/get_reward", responses=ERRORS)
-async def get_reward() -> None:
-    raise ServiceError(503, "remote reward is not implemented yet", type="not_implemented")
+@router.post(
+    "/get_reward", response_model=RewardResponse, response_class=JSONBody, responses=ERRORS
+)
+async def get_reward(body: RewardRequest) -> JSONBody:
+    return JSONBody(await reward.rewards(body))

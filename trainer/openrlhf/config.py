@@ -1,0 +1,135 @@
+"""The plugin's settings: environment variables, set by the launcher on every Ray worker.
+
+=================================  =============================================================
+variable                           meaning
+=================================  =============================================================
+``TOKENCREDIT_URLS``               teacher base URLs, comma-separated (replicas; the client fails
+                                   over between them). ``TOKENCREDIT_URL`` is read when unset.
+``TOKENCREDIT_METHOD``             credit method of /v1/advantages (``antisd``, ``hsd``, ...).
+``TOKENCREDIT_PARAMS``             JSON object of method parameters (``{"lam": 0.5}``), default ``{}``.
+``TOKENCREDIT_SEED``               base seed; step ``s`` sends ``seed + s`` (peer draws differ by
+                                   step and are reproducible). Default 0.
+``TOKENCREDIT_API_KEY``            bearer key of the pool (``TC_API_KEYS`` on the servers).
+``TOKENCREDIT_ADMIN_KEY``          admin key, only for weight syncing (``TC_ADMIN_KEYS``).
+``TOKENCREDIT_TIMEOUT``            read timeout of one call in seconds, default 600 (a step's
+                                   batch is one request; the connect timeout stays 5 s).
+``TOKENCREDIT_RETRIES``            retries of the client's transport, default 4 (backoff, 429,
+                                   502-504, failover). The plugin itself never retries.
+``TOKENCREDIT_WEIGHTS_PREFIX``     set to sync the teacher's weights: after OpenRLHF saves an HF
+                                   checkpoint (``--ckpt.save_hf``), ``POST /v1/weights`` with
+                                   ``<prefix>/global_step<N>_hf`` (relative to the pool's
+                                   ``TC_WEIGHTS_ROOT``) and version N; later calls then require
+                                   ``min_weights_version`` N. Unset: no syncing.
+=================================  =============================================================
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from proto.advantages import METHODS
+
+ENV_URLS = "TOKENCREDIT_URLS"
+ENV_URL = "TOKENCREDIT_URL"
+ENV_METHOD = "TOKENCREDIT_METHOD"
+ENV_PARAMS = "TOKENCREDIT_PARAMS"
+ENV_SEED = "TOKENCREDIT_SEED"
+ENV_API_KEY = "TOKENCREDIT_API_KEY"
+ENV_ADMIN_KEY = "TOKENCREDIT_ADMIN_KEY"
+ENV_TIMEOUT = "TOKENCREDIT_TIMEOUT"
+ENV_RETRIES = "TOKENCREDIT_RETRIES"
+ENV_WEIGHTS_PREFIX = "TOKENCREDIT_WEIGHTS_PREFIX"
+
+
+class ConfigError(ValueError):
+    """A TOKENCREDIT_* variable is missing or malformed; the message names it."""
+
+
+@dataclass(frozen=True)
+class PluginConfig:
+    # Teacher pool: base URLs, tried in order with failover by the client's transport.
+    urls: tuple[str, ...]
+    # Credit method and its parameter overrides (ALGORITHMS.md).
+    method: str
+    params: dict[str, Any] = field(default_factory=dict)
+    seed: int = 0
+    # Keys: bearer key for scoring; admin key for POST /v1/weights (weight syncing only).
+    api_key: str | None = None
+    admin_key: str | None = None
+    # Client transport: read timeout of one call (s), and its retry count.
+    timeout: float = 600.0
+    retries: int = 4
+    # Weight syncing: checkpoint folder prefix inside the pool's TC_WEIGHTS_ROOT; None = off.
+    weights_prefix: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.urls:
+            raise ConfigError(f"no teacher URL: set {ENV_URLS} (comma-separated) or --teacher-url")
+        for url in self.urls:
+            if not url.startswith(("http://", "https://")):
+                raise ConfigError(f"teacher URL {url!r} must start with http:// or https://")
+        if self.method not in METHODS:
+            raise ConfigError(
+                f"{ENV_METHOD}={self.method!r} is not a method; choose one of {', '.join(METHODS)}"
+            )
+        if not isinstance(self.params, dict):
+            raise ConfigError(f"{ENV_PARAMS} must be a JSON object, got {self.params!r}")
+        if self.timeout <= 0:
+            raise ConfigError(f"{ENV_TIMEOUT} must be > 0 seconds, got {self.timeout}")
+        if self.retries < 0:
+            raise ConfigError(f"{ENV_RETRIES} must be >= 0, got {self.retries}")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> PluginConfig:
+        env = os.environ if environ is None else environ
+        urls = env.get(ENV_URLS) or env.get(ENV_URL) or ""
+        method = env.get(ENV_METHOD)
+        if not method:
+            raise ConfigError(f"{ENV_METHOD} is not set: the credit method, e.g. antisd")
+        try:
+            params = json.loads(env.get(ENV_PARAMS) or "{}")
+        except ValueError as exc:
+            raise ConfigError(f"{ENV_PARAMS} is not valid JSON: {exc}") from None
+        return cls(
+            urls=tuple(u.strip().rstrip("/") for u in urls.split(",") if u.strip()),
+            method=method,
+            params=params,
+            seed=_number(env, ENV_SEED, int, 0),
+            api_key=env.get(ENV_API_KEY) or None,
+            admin_key=env.get(ENV_ADMIN_KEY) or None,
+            timeout=_number(env, ENV_TIMEOUT, float, 600.0),
+            retries=_number(env, ENV_RETRIES, int, 4),
+            weights_prefix=env.get(ENV_WEIGHTS_PREFIX),
+        )
+
+    def to_env(self) -> dict[str, str]:
+        """The variables that reproduce this config in another process (keys included)."""
+        env = {
+            ENV_URLS: ",".join(self.urls),
+            ENV_METHOD: self.method,
+            ENV_PARAMS: json.dumps(self.params, separators=(",", ":")),
+            ENV_SEED: str(self.seed),
+            ENV_TIMEOUT: str(self.timeout),
+            ENV_RETRIES: str(self.retries),
+        }
+        if self.api_key:
+            env[ENV_API_KEY] = self.api_key
+        if self.admin_key:
+            env[ENV_ADMIN_KEY] = self.admin_key
+        if self.weights_prefix is not None:
+            env[ENV_WEIGHTS_PREFIX] = self.weights_prefix
+        return env
+
+
+def _number(env: Mapping[str, str], name: str, kind: type, default: Any) -> Any:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return kind(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a valid {kind.__name__}") from None

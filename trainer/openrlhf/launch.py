@@ -1,0 +1,210 @@
+"""Run OpenRLHF's PPO trainer with teacher credit from a tokencredit pool::
+
+    python -m trainer.openrlhf.launch --teacher-url http://teacher-0:8000 \\
+        --teacher-url http://teacher-1:8000 --method antisd --params '{"lam": 0.5}' \\
+        -- --actor.model_name_or_path Qwen/Qwen3-1.7B --algo.advantage.estimator dr_grpo ...
+
+Everything after ``--`` goes to ``openrlhf.cli.train_ppo_ray`` unchanged. The launcher:
+
+1. checks the OpenRLHF version it patches (0.11.2) and the arguments it cannot work with
+   (``gae``, KL folded into the reward), before anything starts;
+2. asks the pool whether it is ready and serves the method (``--skip-preflight`` to skip);
+3. starts Ray with ``runtime_env={"worker_process_setup_hook": "trainer.openrlhf.hook.setup",
+   "env_vars": {TOKENCREDIT_*, ...}}``. ``train_ppo_ray.train`` calls ``ray.init`` only
+   ``if not ray.is_initialized()``, so its own init is skipped and this job-level runtime env
+   reaches every actor it creates (none of them sets a runtime env of its own). The three
+   variables its skipped init would have set are set here, with its defaults;
+4. runs ``train_ppo_ray`` as ``__main__`` (its argument parsing lives under
+   ``if __name__ == "__main__"``, so there is no ``main()`` to call).
+
+Keys come from the environment, never the command line: ``TOKENCREDIT_API_KEY`` (and
+``TOKENCREDIT_ADMIN_KEY`` for ``--sync-weights``) are forwarded to the workers. Ray shows a job's
+environment variables in its dashboard: keep that dashboard private.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import runpy
+import sys
+from collections.abc import Sequence
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from client import TeacherClient, TokenCreditError
+from trainer.openrlhf import OPENRLHF_VERSION
+from trainer.openrlhf.config import ENV_ADMIN_KEY, ENV_API_KEY, ConfigError, PluginConfig
+
+SETUP_HOOK = "trainer.openrlhf.hook.setup"
+TRAIN_MODULE = "openrlhf.cli.train_ppo_ray"
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def openrlhf_env_defaults(environ: dict[str, str] | None = None) -> dict[str, str]:
+    """What ``train_ppo_ray.train`` would pass to its own ``ray.init`` (0.11.2)."""
+    env = os.environ if environ is None else environ
+    return {
+        "TOKENIZERS_PARALLELISM": env.get("TOKENIZERS_PARALLELISM", "true"),
+        "NCCL_DEBUG": env.get("NCCL_DEBUG", "WARN"),
+        "RAY_ENABLE_ZERO_COPY_TORCH_TENSORS": env.get("RAY_ENABLE_ZERO_COPY_TORCH_TENSORS", "1"),
+    }
+
+
+def build_runtime_env(
+    config: PluginConfig, environ: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """The job-level Ray runtime env: the setup hook and the variables every worker needs."""
+    env_vars = {**openrlhf_env_defaults(environ), **config.to_env()}
+    if (REPO_ROOT / "pyproject.toml").exists():
+        # A source checkout (on a shared file system): make `trainer.openrlhf.hook` importable
+        # in workers. Ray expands ${PYTHONPATH} to the worker's own value.
+        env_vars["PYTHONPATH"] = f"{REPO_ROOT}{os.pathsep}${{PYTHONPATH}}"
+    return {"worker_process_setup_hook": SETUP_HOOK, "env_vars": env_vars}
+
+
+def _flag(args: Sequence[str], name: str) -> str | None:
+    """The value of ``--name v`` / ``--name=v`` in OpenRLHF's arguments (last one wins)."""
+    value = None
+    for i, arg in enumerate(args):
+        if arg == name and i + 1 < len(args):
+            value = args[i + 1]
+        elif arg.startswith(name + "="):
+            value = arg.split("=", 1)[1]
+    return value
+
+
+def check_openrlhf_args(args: Sequence[str], config: PluginConfig) -> None:
+    """Fail before Ray starts on arguments the plugin refuses at its first step anyway."""
+    estimator = _flag(args, "--algo.advantage.estimator") or "gae"
+    if estimator == "gae":
+        raise ConfigError(
+            "pass --algo.advantage.estimator dr_grpo (or rloo, group_norm): tokencredit "
+            "replaces the advantages, and gae (OpenRLHF's default) needs a critic"
+        )
+    init_coef = float(_flag(args, "--algo.kl.init_coef") or 0.01)  # OpenRLHF's default
+    if init_coef > 0 and "--algo.kl.use_loss" not in args:
+        raise ConfigError(
+            "add --algo.kl.use_loss (KL as a loss term) or set --algo.kl.init_coef 0: OpenRLHF "
+            "would fold the KL penalty into the advantages, which tokencredit replaces"
+        )
+    if config.weights_prefix is not None and (
+        "--ckpt.save_hf" not in args or _flag(args, "--ckpt.save_steps") in (None, "-1")
+    ):
+        raise ConfigError(
+            "--sync-weights needs --ckpt.save_hf and --ckpt.save_steps N: the teacher loads "
+            "the HF checkpoints OpenRLHF writes"
+        )
+
+
+def check_openrlhf_version() -> None:
+    try:
+        version = metadata.version("openrlhf")
+    except metadata.PackageNotFoundError:
+        raise ConfigError(
+            f"openrlhf is not installed: bash scripts/install_openrlhf.sh (or pip install "
+            f"openrlhf=={OPENRLHF_VERSION})"
+        ) from None
+    if version != OPENRLHF_VERSION:
+        raise ConfigError(
+            f"openrlhf {version} is installed; the plugin patches {OPENRLHF_VERSION} "
+            "(RemoteExperienceMaker, BasePPOTrainer) and is untested on other versions"
+        )
+
+
+def preflight(config: PluginConfig, timeout: float) -> None:
+    """Every replica ready, and serving the method."""
+    with TeacherClient(list(config.urls), api_key=config.api_key) as tc:
+        tc.wait_ready(timeout=timeout)
+        info = tc.model()
+    if config.method not in info.methods:
+        raise ConfigError(f"the pool does not serve method {config.method!r} ({info.methods})")
+
+
+def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
+    argv = list(argv)
+    if "--" not in argv:
+        raise SystemExit(
+            "usage: python -m trainer.openrlhf.launch --teacher-url URL --method M "
+            "[options] -- <train_ppo_ray arguments>"
+        )
+    cut = argv.index("--")
+    parser = argparse.ArgumentParser(
+        prog="python -m trainer.openrlhf.launch",
+        description="OpenRLHF train_ppo_ray with per-token advantages from a tokencredit pool.",
+        epilog="Keys: TOKENCREDIT_API_KEY, TOKENCREDIT_ADMIN_KEY (environment only).",
+    )
+    parser.add_argument(
+        "--teacher-url", action="append", required=True, help="a replica's base URL; repeatable"
+    )
+    parser.add_argument("--method", required=True, help="credit method, e.g. antisd, hsd, opsd")
+    parser.add_argument("--params", default="{}", help="method parameters as a JSON object")
+    parser.add_argument("--seed", type=int, default=0, help="base seed (step s sends seed + s)")
+    parser.add_argument("--timeout", type=float, default=600.0, help="read timeout of a call (s)")
+    parser.add_argument("--retries", type=int, default=4, help="client transport retries")
+    parser.add_argument(
+        "--sync-weights",
+        metavar="PREFIX",
+        default=None,
+        help="load each HF checkpoint into the teacher: PREFIX/global_step<N>_hf inside the "
+        "pool's TC_WEIGHTS_ROOT ('' if --ckpt.path is that root)",
+    )
+    parser.add_argument(
+        "--ray-address", default=None, help="Ray cluster (default: RAY_ADDRESS/local)"
+    )
+    parser.add_argument(
+        "--skip-preflight", action="store_true", help="do not contact the pool first"
+    )
+    parser.add_argument("--preflight-timeout", type=float, default=300.0)
+    return parser.parse_args(argv[:cut]), argv[cut + 1 :]
+
+
+def config_from_args(
+    args: argparse.Namespace, environ: dict[str, str] | None = None
+) -> PluginConfig:
+    env = os.environ if environ is None else environ
+    try:
+        params = json.loads(args.params)
+    except ValueError as exc:
+        raise ConfigError(f"--params is not valid JSON: {exc}") from None
+    return PluginConfig(
+        urls=tuple(u.rstrip("/") for u in args.teacher_url),
+        method=args.method,
+        params=params,
+        seed=args.seed,
+        api_key=env.get(ENV_API_KEY) or None,
+        admin_key=env.get(ENV_ADMIN_KEY) or None,
+        timeout=args.timeout,
+        retries=args.retries,
+        weights_prefix=args.sync_weights,
+    )
+
+
+def run_train_ppo_ray(train_args: Sequence[str]) -> None:
+    sys.argv = [TRAIN_MODULE, *train_args]
+    runpy.run_module(TRAIN_MODULE, run_name="__main__", alter_sys=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args, train_args = parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        config = config_from_args(args)
+        check_openrlhf_args(train_args, config)
+        check_openrlhf_version()
+        if not args.skip_preflight:
+            preflight(config, args.preflight_timeout)
+    except (ConfigError, TokenCreditError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+    import ray
+
+    ray.init(address=args.ray_address, runtime_env=build_runtime_env(config))
+    run_train_ppo_ray(train_args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
