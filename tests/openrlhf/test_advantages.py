@@ -24,7 +24,6 @@ from trainer.openrlhf import plugin as plugin_mod
 from trainer.openrlhf.config import PluginConfig
 from trainer.openrlhf.experiences import AlignmentError, build_batch
 from trainer.openrlhf.plugin import STEP_ATTR, TeacherCredit, UnsupportedConfig
-from trainer.toy.arith import generate_problems
 
 pytestmark = pytest.mark.openrlhf
 
@@ -41,7 +40,14 @@ WRONG = "{a}+1=7. \\boxed{{{b}}}"  # a short wrong attempt
 def rollouts(tokenizer):
     """3 prompts x 4 samples: prompts of different lengths, responses of different lengths,
     correct and wrong ones, each ending with the chat template's end token as vLLM leaves it."""
-    problems = generate_problems(3, seed=5)
+    problems = [
+        SimpleNamespace(question=q, answer=a, solution=sol)
+        for q, a, sol in (
+            ("What is 37+48-19?", "66", "37+48=85. 85-19=66. \\boxed{66}"),
+            ("What is 64+77?", "141", "64+77=141. \\boxed{141}"),
+            ("What is 7+10+44?", "61", "7+10=17. 17+44=61. \\boxed{61}"),
+        )
+    ]
     out = []
     for i, p in enumerate(problems):
         system = [{"role": "system", "content": "Be brief. " * i}] if i else []
