@@ -179,9 +179,11 @@ def group_tokens(group: Any) -> int:
     g = _as_dict(group)
     prompt = g.get("prompt_ids")
     n_prompt = len(prompt) if prompt is not None else 0
-    return sum(
-        n_prompt + len(_as_dict(r).get("response_ids") or ()) for r in g.get("rollouts") or []
-    )
+    total = 0
+    for r in g.get("rollouts") or []:
+        ids = _as_dict(r).get("response_ids")
+        total += n_prompt + (len(ids) if ids is not None else 0)  # NumPy ids have no truth value
+    return total
 
 
 def split_by_tokens(sizes: Sequence[int], budget: int | None) -> list[range]:
