@@ -26,6 +26,9 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from gpu_scoring import build_random_qwen3
 
 from proto import decode_packed, encode_packed
 from server.engines.base import ScoreItem
@@ -171,28 +174,6 @@ def payload_rows(items, server_url: str, k: int, entropy: bool, label: str) -> l
     return rows
 
 
-def build_random_qwen3(path: str, preset: str = "0.5b") -> None:
-    from transformers import AutoTokenizer, Qwen3Config, Qwen3ForCausalLM
-
-    shapes = {  # Qwen3-0.6B-like: 28 layers, hidden 1024, vocab 151936 (about 0.6B with embeddings)
-        "0.5b": dict(
-            hidden_size=1024,
-            intermediate_size=3072,
-            num_hidden_layers=28,
-            num_attention_heads=16,
-            num_key_value_heads=8,
-            head_dim=128,
-            vocab_size=151936,
-        ),
-    }
-    torch.manual_seed(0)
-    config = Qwen3Config(**shapes[preset], max_position_embeddings=4096, tie_word_embeddings=True)
-    Qwen3ForCausalLM(config).save_pretrained(path)
-    AutoTokenizer.from_pretrained(str(DEFAULT_MODEL_DIR)).save_pretrained(
-        path
-    )  # ids only; any tokenizer will do
-
-
 def peak_rss_mib(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
@@ -230,7 +211,7 @@ def main() -> None:
     large_rss = None
     if not args.skip_large:
         with tempfile.TemporaryDirectory() as tmp:
-            build_random_qwen3(tmp)
+            build_random_qwen3(Path(tmp), "0.5b", torch.float32, max_len=4096)
             large_items = make_items(151936, 4, 64, 256, seed=2)
             rows += bench_model("random 0.5B", tmp, large_items, 1, max_batch_tokens=2048)
             with ServerProcess(
