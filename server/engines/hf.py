@@ -50,6 +50,8 @@ SHARED_PREFIX_MIN_ITEMS = 2
 SHARED_PREFIX_MIN_TOKENS = 8
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# vLLM's ``_SAMPLING_EPS``: generation below this temperature is greedy on both backends.
+GREEDY_BELOW_TEMPERATURE = 1e-5
 
 
 def tokenizer_sha256(model_path: str, tokenizer) -> str:
@@ -295,9 +297,9 @@ class HFEngine:
                 topv_NK[s:e] = (v - logz_n[:, None]).cpu()
                 topi_NK[s:e] = idx.cpu()
             if ent_N is not None:
-                # H = -sum p log p = logZ - sum p * logit
-                p_nV = torch.softmax(logits_nV, dim=-1)
-                ent_N[s:e] = (logz_n - (p_nV * logits_nV).sum(-1)).cpu()
+                # H = -sum p log p, with log p = logit - logZ (no cancellation against logZ)
+                logp_nV = logits_nV - logz_n[:, None]
+                ent_N[s:e] = -(logp_nV.exp() * logp_nV).sum(-1).cpu()
         for i, start, length in rows.owners:
             item, sl = items[i], slice(start, start + length)
             outputs[i] = ScoreOutput(
@@ -361,7 +363,8 @@ class HFEngine:
                     if done[b]:
                         next_ids.append(pad)
                         continue
-                    if it.temperature <= 0:
+                    # Greedy below 1e-5, as vLLM does: logits / T overflows for a tiny T (NaN).
+                    if it.temperature < GREEDY_BELOW_TEMPERATURE:
                         tok = int(logits_BV[b].argmax())
                     else:
                         probs = torch.softmax(logits_BV[b] / it.temperature, dim=-1)
@@ -400,7 +403,10 @@ class HFEngine:
 
 
 def _load_model(path: str, device: str, dtype: torch.dtype) -> PreTrainedModel:
-    model, info = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, output_loading_info=True)
+    # safetensors only: a pytorch_model.bin is a pickle, and a weights folder is named by a request.
+    model, info = AutoModelForCausalLM.from_pretrained(
+        path, dtype=dtype, output_loading_info=True, use_safetensors=True
+    )
     # transformers fills missing weights with random values and only warns: refuse instead.
     problems = {k: v for k, v in info.items() if v and k in ("missing_keys", "mismatched_keys")}
     if problems:
