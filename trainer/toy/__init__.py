@@ -1,0 +1,1 @@
+"""Toy tasks for the embedded model: seeded generators, worked solutions and checkers."""
