@@ -16,6 +16,7 @@ from server.credit import CreditInputs, compute_credit
 
 PROBLEM = "What is 12+7-5?"
 SOLUTION = "12+7=19. 19-5=14. \\boxed{14}"
+TOL = {"hf": 1e-5, "vllm": 1e-4}  # vLLM's kernels differ from transformers' by ~1e-5
 TEACHER_METHODS = ["opd", "opsd", "sdpo", "rlsd", "hsd", "antisd", "amrsd"]
 
 
@@ -88,7 +89,7 @@ def test_teacher_logprobs_equal_logprobs_on_rendered_context(server, group, meth
         np.testing.assert_allclose(
             details["student_logprobs"],
             score(server, student_prompt, rollout["response_ids"]) if n else [],
-            atol=1e-5,
+            atol=TOL[server.backend],
         )
         if details["masked"]:
             assert np.all(np.asarray(result["advantages"]) == 0.0) or method in (
@@ -102,7 +103,7 @@ def test_teacher_logprobs_equal_logprobs_on_rendered_context(server, group, meth
             json={"messages": [{"role": "user", "content": details["teacher_context"]}]},
         ).json()["ids"]
         expected = score(server, context_ids, rollout["response_ids"]) if n else []
-        np.testing.assert_allclose(details["teacher_logprobs"], expected, atol=1e-5)
+        np.testing.assert_allclose(details["teacher_logprobs"], expected, atol=TOL[server.backend])
 
 
 def test_advantages_match_credit_math(server, group):

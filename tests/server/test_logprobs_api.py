@@ -47,6 +47,11 @@ def vocab(server):
     return httpx.get(server.url + "/v1/model").json()["vocab_size"]
 
 
+def tolerance(server) -> float:
+    """float32 on both backends; vLLM's kernels differ from transformers' by up to ~1e-5 (issue: <= 1e-4)."""
+    return 1e-5 if server.backend == "hf" else 1e-4
+
+
 def post(server, path, body, **kw):
     return httpx.post(server.url + path, json=body, timeout=120, **kw)
 
@@ -98,10 +103,12 @@ def test_logprobs_match_reference(server, hf_model, vocab):
     for seq, result in zip(seqs, out["results"]):
         lp, ent, top = reference(hf_model, seq["context_ids"], seq["target_ids"], k=k)
         assert len(result["logprobs"]) == len(seq["target_ids"])
-        np.testing.assert_allclose(result["logprobs"], lp, atol=1e-5)
+        np.testing.assert_allclose(result["logprobs"], lp, atol=tolerance(server))
         if not seq["target_ids"]:
             continue
-        np.testing.assert_allclose(result["topk_logprobs"], top.values.numpy(), atol=1e-5)
+        np.testing.assert_allclose(
+            result["topk_logprobs"], top.values.numpy(), atol=tolerance(server)
+        )
         assert result["topk_ids"] == top.indices.tolist()
         if out["entropy_kind"] == "exact":
             np.testing.assert_allclose(result["entropy"], ent, atol=1e-5)
