@@ -1,0 +1,661 @@
+"""A small on-policy RL loop on the embedded model's arithmetic task, trained through the service.
+
+One file owns the loop (tinker-cookbook's rl/train.py layout): :class:`Config`, then :func:`main`.
+Per step, for P prompts × G samples:
+
+1. **Rollout** (in-process): the learner's own HF model samples G completions per prompt at
+   temperature 1, stopping at ``<|im_end|>``; :func:`trainer.toy.arith.is_correct` gives r ∈ {0, 1}.
+2. **Scoring** (over HTTP): ``POST /v1/advantages`` through :class:`client.TeacherClient` with the
+   prompt ids, the problem and its references, and per rollout the response ids, reward, text and
+   the learner's own sampling-time log-probs. The answer is Â_{i,t} for every response token.
+3. **Update**: one PPO-clip step, token-mean aggregation (ALGORITHMS.md §2)::
+
+       L = −Σ_{b,t} m_{b,t} · min(ρ_{b,t} Â_{b,t}, clip(ρ_{b,t}, 1−ε, 1+ε) Â_{b,t}) / Σ m
+
+   ρ = π_θ/π_old with π_old the sampling-time policy. With one update per batch ρ ≡ 1 (its gradient
+   is ∇log π_θ), but the clipped form is kept so more epochs would be correct. AdamW with linear
+   warmup and grad-norm clipping (FIELD_NOTES: lr ≤ 1e-5, clip 1.0).
+4. **Teacher weights**: every ``push_every`` steps the teacher's weights are refreshed through
+   ``POST /v1/weights`` (``save_pretrained`` under the server's ``TC_WEIGHTS_ROOT``, then
+   ``load_weights``); later calls pass ``min_weights_version``. Which weights depends on the method's
+   teacher (ALGORITHMS.md §1): the current policy (HSD, AntiSD, AMR-SD), an EMA (SDPO), a frozen copy
+   re-synced every 20 steps (RLSD), or the initial policy, never pushed (OPD, OPSD).
+
+Run it with ``python -m trainer.toy --method antisd --steps 60``; ``trainer/toy/compare.py`` runs
+every method. Everything is seeded: a run's problems, samples and peer draws repeat exactly.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import random
+import shutil
+import time
+from contextlib import ExitStack
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from client import AdvantagesResult, TeacherClient
+from trainer.toy import analysis
+from trainer.toy.arith import Problem, generate_problems, is_correct, random_problem
+from trainer.toy.contexts import chat_prompt, student_user
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_MODEL = REPO_ROOT / "server" / "default_model"
+
+METHODS = ("grpo", "dr_grpo", "opd", "opsd", "sdpo", "rlsd", "hsd", "antisd", "amrsd")
+NO_TEACHER = frozenset({"grpo", "dr_grpo"})
+
+# Teacher weights per method (ALGORITHMS.md §1, "teacher weights" column).
+#   none:    no teacher forward, nothing to push
+#   initial: the fixed initial policy (OPSD), or the loaded model as an external teacher (OPD)
+#   ema:     an EMA of the policy, rate ema_rate (SDPO)
+#   resync:  a frozen copy re-synced every resync_every steps (RLSD)
+#   current: the current policy, pushed every push_every steps (HSD, AntiSD, AMR-SD)
+TEACHER_WEIGHTS = {
+    "grpo": "none",
+    "dr_grpo": "none",
+    "opd": "initial",
+    "opsd": "initial",
+    "sdpo": "ema",
+    "rlsd": "resync",
+    "hsd": "current",
+    "antisd": "current",
+    "amrsd": "current",
+}
+
+EVAL_SEED = 10_000  # the held-out set of scripts/eval_default_model.py
+TRAIN_SEED_OFFSET = 1_000  # training problems come from Random(TRAIN_SEED_OFFSET + seed)
+
+
+@dataclass
+class Config:
+    # ---- Run ----------------------------------------------------------------------------------
+    # Advantage method id, one of METHODS.
+    method: str = "antisd"
+    # Optimizer steps (one on-policy batch each).
+    steps: int = 60
+    # Seeds the training problems, sampling, peer draws and the optimizer's initial state.
+    seed: int = 0
+    # Local HF model folder of the initial policy; empty: the embedded model (or $TC_MODEL).
+    model: str = ""
+    # Folder for metrics.jsonl, summary.json and (when this loop starts the server) its weights
+    # root and log; empty: a fresh folder under /tmp.
+    run_dir: str = ""
+
+    # ---- Rollouts -----------------------------------------------------------------------------
+    # Prompts per step (P).
+    prompts_per_step: int = 32
+    # Samples per prompt (G), the group for GRPO statistics and peers.
+    group_size: int = 8
+    # Longest response in tokens; a response that reaches it without eos keeps its tokens.
+    max_new_tokens: int = 48
+    # Sampling temperature (ALGORITHMS.md §3.2: the log-probs are taken at 1.0 too).
+    temperature: float = 1.0
+
+    # ---- Optimizer ----------------------------------------------------------------------------
+    # AdamW peak learning rate; FIELD_NOTES: 5e-5 or more collapses the tiny model.
+    lr: float = 1e-5
+    # Linear warmup from lr/warmup_steps to lr over this many steps, then constant.
+    warmup_steps: int = 5
+    # AdamW weight decay.
+    weight_decay: float = 0.0
+    # Gradient-norm clip.
+    max_grad_norm: float = 1.0
+    # PPO ratio clip ε.
+    clip_eps: float = 0.2
+    # Loss aggregation: "token_mean" (Σ over tokens / tokens), "seq_sum_const" (Dr.GRPO: Σ over
+    # tokens / (B · max_new_tokens)), or "auto" (seq_sum_const for dr_grpo, else token_mean).
+    loss_agg: str = "auto"
+
+    # ---- Teacher service ----------------------------------------------------------------------
+    # Base URL of a running server; empty: start one (ServerProcess, hf backend) for this run.
+    teacher_url: str = ""
+    # Local path of the server's TC_WEIGHTS_ROOT (needed to push weights to a --teacher-url
+    # server; set automatically when the loop starts the server). Empty: never push.
+    weights_root: str = ""
+    # Method parameters sent as `params` (overrides of ALGORITHMS.md §1 defaults).
+    method_params: dict[str, Any] = field(default_factory=dict)
+    # Which weights the teacher uses: "auto" (TEACHER_WEIGHTS[method]), "none", "initial",
+    # "ema", "resync" or "current".
+    teacher_weights: str = "auto"
+    # Push the current policy (or the EMA) every this many steps.
+    push_every: int = 1
+    # EMA rate of the SDPO teacher: ema ← (1 − rate)·ema + rate·θ after every step.
+    ema_rate: float = 0.05
+    # Re-sync period of the RLSD frozen teacher.
+    resync_every: int = 20
+    # Ask for per-token details (student/teacher log-probs, signal, peer) every this many steps,
+    # for the analyses (HSD divergence mass); 0: never.
+    details_every: int = 1
+
+    # ---- Evaluation ---------------------------------------------------------------------------
+    # Greedy accuracy on the held-out set every this many steps (and at the first and last).
+    eval_every: int = 10
+    # Held-out problems (seed EVAL_SEED, disjoint from the training stream's seed).
+    eval_problems: int = 200
+
+    # ---- Output and machine -------------------------------------------------------------------
+    # Show a tqdm progress bar.
+    progress: bool = True
+    # torch threads of the learner and of a server this loop starts (OMP_NUM_THREADS). On a
+    # shared 2-core machine 1 is 10-30x faster than 2: spinning OpenMP threads starve each other.
+    threads: int = 1
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {', '.join(METHODS)}; got {self.method!r}")
+        if self.teacher_weights not in ("auto", "none", "initial", "ema", "resync", "current"):
+            raise ValueError(f"unknown teacher_weights {self.teacher_weights!r}")
+        if self.loss_agg not in ("auto", "token_mean", "seq_sum_const"):
+            raise ValueError(f"unknown loss_agg {self.loss_agg!r}")
+        if self.lr > 1e-5:
+            print(f"warning: lr={self.lr} > 1e-5 collapsed the tiny model in FIELD_NOTES")
+        if self.push_every < 1 or self.resync_every < 1:
+            raise ValueError("push_every and resync_every must be >= 1")
+
+    @property
+    def teacher_policy(self) -> str:
+        if self.teacher_weights != "auto":
+            return self.teacher_weights
+        return TEACHER_WEIGHTS[self.method]
+
+    @property
+    def agg(self) -> str:
+        if self.loss_agg != "auto":
+            return self.loss_agg
+        return "seq_sum_const" if self.method == "dr_grpo" else "token_mean"
+
+
+def model_path(cfg: Config) -> str:
+    return cfg.model or os.environ.get("TC_MODEL") or str(DEFAULT_MODEL)
+
+
+# ---- Rollouts ----------------------------------------------------------------------------------
+
+
+@dataclass
+class Batch:
+    """One step's rollouts; b = p·G + g indexes rollout g of prompt p (B = P·G)."""
+
+    problems_P: list[Problem]
+    prompt_ids_P: list[list[int]]
+    response_ids_B: list[list[int]]
+    texts_B: list[str]
+    rewards_B: np.ndarray  # (B,) float64 in {0, 1}
+    input_ids_BS: torch.Tensor  # (B, S) left-padded prompt + right-padded response
+    attn_BS: torch.Tensor  # (B, S) 1 on real tokens
+    resp_mask_BT: torch.Tensor  # (B, T) 1 on response tokens (through eos)
+    prompt_len: int  # S − T: the padded prompt width
+
+
+def encode_prompts(tokenizer, problems_P: list[Problem]) -> list[list[int]]:
+    texts = [chat_prompt(tokenizer, student_user(p)) for p in problems_P]
+    return tokenizer(texts, add_special_tokens=False)["input_ids"]
+
+
+def left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    S = max(len(r) for r in rows)
+    ids = torch.full((len(rows), S), pad_id, dtype=torch.long)
+    attn = torch.zeros((len(rows), S), dtype=torch.long)
+    for b, r in enumerate(rows):
+        ids[b, S - len(r) :] = torch.tensor(r, dtype=torch.long)
+        attn[b, S - len(r) :] = 1
+    return ids, attn
+
+
+def response_lengths(new_BT: torch.Tensor, eos_id: int) -> torch.Tensor:
+    """Tokens through the first eos (inclusive), or T when a row never stops.  # (B,)"""
+    T = new_BT.shape[1]
+    is_eos = new_BT == eos_id
+    first = torch.where(is_eos.any(1), is_eos.float().argmax(1), torch.full_like(new_BT[:, 0], T))
+    return torch.clamp(first + 1, max=T)
+
+
+@torch.no_grad()
+def generate(
+    model, tokenizer, prompt_ids: list[list[int]], max_new_tokens: int, temperature: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+    """Sample (temperature > 0) or decode greedily.
+
+    Returns ``(ids_BS, attn_BS, lengths_B, prompt_len)``: left-padded prompts then responses
+    (pad after eos), the attention mask (1 on prompt and response tokens through eos), response
+    lengths and the padded prompt width (S − T).
+    """
+    ids, attn = left_pad(prompt_ids, tokenizer.pad_token_id)
+    sampling: dict[str, Any] = {"do_sample": temperature > 0, "top_k": None, "top_p": None}
+    if temperature > 0:
+        sampling["temperature"] = temperature
+    out = model.generate(
+        input_ids=ids,
+        attention_mask=attn,
+        max_new_tokens=max_new_tokens,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        **sampling,
+    )
+    new_BT = out[:, ids.shape[1] :]
+    lengths_B = response_lengths(new_BT, tokenizer.eos_token_id)
+    T = new_BT.shape[1]
+    resp_mask = (torch.arange(T)[None, :] < lengths_B[:, None]).long()  # (B, T)
+    return torch.cat([ids, new_BT], 1), torch.cat([attn, resp_mask], 1), lengths_B, ids.shape[1]
+
+
+def sample_batch(model, tokenizer, problems_P: list[Problem], cfg: Config) -> Batch:
+    G = cfg.group_size
+    prompt_ids_P = encode_prompts(tokenizer, problems_P)
+    rows_B = [ids for ids in prompt_ids_P for _ in range(G)]
+    ids_BS, attn_BS, lengths_B, prompt_len = generate(
+        model, tokenizer, rows_B, cfg.max_new_tokens, cfg.temperature
+    )
+    resp_BT = ids_BS[:, prompt_len:]
+    response_ids_B = [resp_BT[b, : int(n)].tolist() for b, n in enumerate(lengths_B)]
+    texts_B = tokenizer.batch_decode(response_ids_B, skip_special_tokens=True)
+    rewards_B = np.array(
+        [float(is_correct(t, problems_P[b // G].answer)) for b, t in enumerate(texts_B)]
+    )
+    return Batch(
+        problems_P=problems_P,
+        prompt_ids_P=prompt_ids_P,
+        response_ids_B=response_ids_B,
+        texts_B=texts_B,
+        rewards_B=rewards_B,
+        input_ids_BS=ids_BS,
+        attn_BS=attn_BS,
+        resp_mask_BT=attn_BS[:, prompt_len:].clone(),
+        prompt_len=prompt_len,
+    )
+
+
+def response_logprobs(model, batch: Batch) -> torch.Tensor:
+    """log π_θ(y_t | x, y_<t) at every response position, with grad.  # (B, T)
+
+    Left padding needs explicit positions: ``position_ids = cumsum(attention_mask) − 1``.
+    """
+    ids, attn = batch.input_ids_BS, batch.attn_BS
+    pos = (attn.cumsum(1) - 1).clamp(min=0)
+    logits = model(input_ids=ids, attention_mask=attn, position_ids=pos).logits  # (B, S, V)
+    logits_BTV = logits[:, batch.prompt_len - 1 : -1].float()  # position s predicts s + 1
+    targets_BT = ids[:, batch.prompt_len :]
+    # log_softmax(x)[y] = x[y] − logsumexp(x)
+    lp_BT = logits_BTV.gather(-1, targets_BT[..., None])[..., 0] - logits_BTV.logsumexp(-1)
+    return torch.where(batch.resp_mask_BT.bool(), lp_BT, torch.zeros_like(lp_BT))
+
+
+@torch.no_grad()
+def greedy_accuracy(model, tokenizer, problems: list[Problem], max_new_tokens: int) -> float:
+    was_training = model.training
+    model.eval()
+    correct = 0
+    for i in range(0, len(problems), 100):
+        chunk = problems[i : i + 100]
+        ids_BS, _, lengths_B, prompt_len = generate(
+            model, tokenizer, encode_prompts(tokenizer, chunk), max_new_tokens, 0.0
+        )
+        new_BT = ids_BS[:, prompt_len:]
+        texts = tokenizer.batch_decode(
+            [new_BT[b, : int(n)].tolist() for b, n in enumerate(lengths_B)],
+            skip_special_tokens=True,
+        )
+        correct += sum(is_correct(t, p.answer) for t, p in zip(texts, chunk))
+    model.train(was_training)
+    return correct / len(problems)
+
+
+# ---- Scoring ------------------------------------------------------------------------------------
+
+
+def request_groups(batch: Batch, old_lp_BT: torch.Tensor, G: int) -> list[dict[str, Any]]:
+    groups = []
+    for p, problem in enumerate(batch.problems_P):
+        rollouts = []
+        for b in range(p * G, (p + 1) * G):
+            n = len(batch.response_ids_B[b])
+            rollouts.append(
+                {
+                    "response_ids": batch.response_ids_B[b],
+                    "reward": float(batch.rewards_B[b]),
+                    "text": batch.texts_B[b],
+                    "student_logprobs": old_lp_BT[b, :n].numpy(),
+                }
+            )
+        groups.append(
+            {
+                "prompt_ids": batch.prompt_ids_P[p],
+                "problem": problem.question,
+                "reference_answer": problem.answer,
+                "reference_solution": problem.solution,
+                "rollouts": rollouts,
+            }
+        )
+    return groups
+
+
+def advantages_BT(res: AdvantagesResult, T: int) -> torch.Tensor:
+    flat = res.flat()
+    out = torch.zeros((len(flat), T), dtype=torch.float32)
+    for b, a in enumerate(flat):
+        out[b, : len(a)] = torch.from_numpy(np.asarray(a, dtype=np.float32))
+    return out
+
+
+# ---- Update -------------------------------------------------------------------------------------
+
+
+def ppo_loss(
+    lp_BT: torch.Tensor,
+    old_lp_BT: torch.Tensor,
+    adv_BT: torch.Tensor,
+    mask_BT: torch.Tensor,
+    clip_eps: float,
+    agg: str,
+    max_new_tokens: int,
+) -> torch.Tensor:
+    """−agg(min(ρÂ, clip(ρ, 1−ε, 1+ε)Â)) over response tokens (ALGORITHMS.md §2)."""
+    ratio_BT = torch.exp(lp_BT - old_lp_BT)
+    surr_BT = torch.minimum(ratio_BT * adv_BT, ratio_BT.clamp(1 - clip_eps, 1 + clip_eps) * adv_BT)
+    surr_BT = torch.where(mask_BT.bool(), surr_BT, torch.zeros_like(surr_BT))
+    if agg == "token_mean":
+        return -surr_BT.sum() / mask_BT.sum().clamp(min=1)
+    return -surr_BT.sum() / (mask_BT.shape[0] * max_new_tokens)  # Dr.GRPO: a constant
+
+
+def lr_at(step: int, cfg: Config) -> float:
+    if cfg.warmup_steps <= 0:
+        return cfg.lr
+    return cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps)
+
+
+# ---- Teacher weights ----------------------------------------------------------------------------
+
+
+class WeightPusher:
+    """Saves checkpoints under the server's weights root and loads them with ``POST /v1/weights``.
+
+    Keeps only the newest checkpoint folder: the server holds the weights in memory once loaded.
+    """
+
+    def __init__(self, client: TeacherClient, weights_root: str, run_name: str):
+        self.client = client
+        self.root = Path(weights_root) if weights_root else None
+        self.run_name = run_name
+        self.version: int | None = None
+        self._last: Path | None = None
+        self.seconds = 0.0
+
+    @property
+    def enabled(self) -> bool:
+        return self.root is not None
+
+    def push(self, model, tokenizer, tag: str) -> int | None:
+        if self.root is None:
+            return None
+        started = time.perf_counter()
+        rel = Path(self.run_name) / tag
+        folder = self.root / rel
+        model.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+        res = self.client.load_weights(str(rel))
+        if self._last is not None and self._last != folder:
+            shutil.rmtree(self._last, ignore_errors=True)
+        self._last = folder
+        self.version = res.weights_version
+        self.seconds += time.perf_counter() - started
+        return self.version
+
+
+# ---- Main ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class StepLog:
+    step: int
+    reward: float
+    accuracy_train: float
+    mean_abs_adv: float
+    resp_len: float
+    loss: float
+    grad_norm: float
+    lr: float
+    weights_version: int
+    seconds_rollout: float
+    seconds_scoring: float
+    seconds_update: float
+    seconds_push: float
+    stats: dict[str, Any]
+    gate: int | None = None
+    eval_accuracy: float | None = None
+    sign_flips: int = 0
+    sign_tokens: int = 0
+    hsd_window_mass: float | None = None  # Σ in-window |signal| of this step's failed-with-peer
+    hsd_total_mass: float | None = None
+    hsd_uniform_mass: float | None = None  # same, if |signal| were uniform over each response
+    hsd_rollouts: int = 0
+
+
+def start_server(cfg: Config, run_dir: Path, stack: ExitStack) -> tuple[str, str]:
+    from server.launcher import ServerProcess
+
+    weights_root = run_dir / "weights"
+    weights_root.mkdir(parents=True, exist_ok=True)
+    env = {
+        "TC_MODEL": model_path(cfg),
+        "TC_BACKEND": "hf",
+        "TC_DEVICE": "cpu",
+        "TC_DTYPE": "float32",
+        "TC_WEIGHTS_ROOT": str(weights_root),
+        "TC_LOG_LEVEL": "warning",
+        "OMP_NUM_THREADS": str(cfg.threads),
+        "MKL_NUM_THREADS": str(cfg.threads),
+    }
+    proc = ServerProcess(env=env, log_path=run_dir / "server.log")
+    stack.enter_context(proc)
+    return proc.url, str(weights_root)
+
+
+def main(cfg: Config, client: TeacherClient | None = None) -> dict[str, Any]:
+    """Run ``cfg.steps`` steps; returns the summary (also written to ``run_dir/summary.json``)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    torch.set_num_threads(cfg.threads)
+    run_dir = Path(cfg.run_dir or f"/tmp/tokencredit-toy/{cfg.method}-s{cfg.seed}-{os.getpid()}")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
+    random.seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+
+    path = model_path(cfg)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    ema = copy.deepcopy(model).eval() if cfg.teacher_policy == "ema" else None
+
+    rng = random.Random(TRAIN_SEED_OFFSET + cfg.seed)
+    eval_set = generate_problems(cfg.eval_problems, seed=EVAL_SEED)
+    G = cfg.group_size
+
+    with ExitStack() as stack:
+        weights_root = cfg.weights_root
+        if client is None:
+            url = cfg.teacher_url
+            if not url:
+                url, weights_root = start_server(cfg, run_dir, stack)
+            client = stack.enter_context(TeacherClient(url, timeout=300.0))
+        pusher = WeightPusher(client, weights_root, run_dir.name)
+        needs_teacher = cfg.method not in NO_TEACHER
+        # Start the teacher from the initial policy (a shared server may hold another run's).
+        min_version = None
+        if needs_teacher and pusher.enabled:
+            min_version = pusher.push(model, tokenizer, "step-0000")
+        version = min_version if min_version is not None else client.model().weights_version
+
+        state: dict[str, Any] | None = None
+        logs: list[StepLog] = []
+        log_file = stack.enter_context(open(run_dir / "metrics.jsonl", "w"))
+        eval_curve: list[tuple[int, float]] = []
+        t_eval = 0.0
+
+        def evaluate(step: int) -> float:
+            nonlocal t_eval
+            started = time.perf_counter()
+            acc = greedy_accuracy(model, tokenizer, eval_set, cfg.max_new_tokens)
+            t_eval += time.perf_counter() - started
+            eval_curve.append((step, acc))
+            return acc
+
+        evaluate(0)
+        bar = tqdm(range(cfg.steps), desc=cfg.method, disable=not cfg.progress, dynamic_ncols=True)
+        for step in bar:
+            # 1. Rollouts
+            t0 = time.perf_counter()
+            problems_P = [random_problem(rng) for _ in range(cfg.prompts_per_step)]
+            torch.manual_seed(cfg.seed * 1_000_003 + step)
+            batch = sample_batch(model, tokenizer, problems_P, cfg)
+            t1 = time.perf_counter()
+
+            # 3a. Forward with grad now: its detached values are the sampling-time log-probs
+            # (same weights), sent as student_logprobs, and π_old of the PPO ratio.
+            lp_BT = response_logprobs(model, batch)
+            old_lp_BT = lp_BT.detach()
+            t2 = time.perf_counter()
+
+            # 2. Scoring through the service
+            want_details = cfg.details_every > 0 and step % cfg.details_every == 0
+            res = client.advantages(
+                cfg.method,
+                request_groups(batch, old_lp_BT, G),
+                params=cfg.method_params,
+                step=step,
+                state=state,
+                seed=cfg.seed * 1_000_003 + step,
+                return_details=want_details and needs_teacher,
+                min_weights_version=min_version,
+            )
+            state = res.state if res.state is not None else state
+            T = batch.resp_mask_BT.shape[1]
+            adv_BT = advantages_BT(res, T)
+            t3 = time.perf_counter()
+
+            # 3b. Update
+            loss = ppo_loss(
+                lp_BT,
+                old_lp_BT,
+                adv_BT,
+                batch.resp_mask_BT,
+                cfg.clip_eps,
+                cfg.agg,
+                cfg.max_new_tokens,
+            )
+            lr = lr_at(step, cfg)
+            for group in opt.param_groups:
+                group["lr"] = lr
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm))
+            opt.step()
+            if ema is not None:
+                with torch.no_grad():
+                    for pe, pm in zip(ema.parameters(), model.parameters()):
+                        pe.lerp_(pm, cfg.ema_rate)
+            t4 = time.perf_counter()
+
+            # 4. Teacher weights
+            push_before = pusher.seconds
+            done = step + 1
+            policy = cfg.teacher_policy
+            tag = f"step-{done:04d}"
+            if pusher.enabled and needs_teacher:
+                if policy == "current" and done % cfg.push_every == 0:
+                    min_version = pusher.push(model, tokenizer, tag)
+                elif policy == "ema" and done % cfg.push_every == 0:
+                    min_version = pusher.push(ema, tokenizer, tag)
+                elif policy == "resync" and done % cfg.resync_every == 0:
+                    min_version = pusher.push(model, tokenizer, tag)
+            version = min_version if min_version is not None else res.weights_version
+
+            # Logging and analyses
+            mask = batch.resp_mask_BT.bool()
+            flips, n_sign = analysis.sign_flips(
+                res.flat(), analysis.grpo_advantages(batch.rewards_B, G)
+            )
+            log = StepLog(
+                step=done,
+                reward=float(batch.rewards_B.mean()),
+                accuracy_train=float(batch.rewards_B.mean()),
+                mean_abs_adv=float(adv_BT[mask].abs().mean()) if mask.any() else 0.0,
+                resp_len=float(mask.sum(1).float().mean()),
+                loss=loss.item(),
+                grad_norm=grad_norm,
+                lr=lr,
+                weights_version=int(version),
+                seconds_rollout=t1 - t0,
+                seconds_scoring=t3 - t2,
+                seconds_update=(t2 - t1) + (t4 - t3),
+                seconds_push=pusher.seconds - push_before,
+                stats=res.stats.model_dump(),
+                gate=res.stats.gate,
+                sign_flips=flips,
+                sign_tokens=n_sign,
+            )
+            if want_details and cfg.method == "hsd":
+                hsd = analysis.hsd_divergence_mass(
+                    batch.response_ids_B, batch.rewards_B, res, G, window=8
+                )
+                log.hsd_window_mass = hsd.window_mass
+                log.hsd_total_mass = hsd.total_mass
+                log.hsd_uniform_mass = hsd.uniform_window_mass
+                log.hsd_rollouts = hsd.rollouts
+            if done % cfg.eval_every == 0 or done == cfg.steps:
+                log.eval_accuracy = evaluate(done)
+            logs.append(log)
+            log_file.write(json.dumps(asdict(log)) + "\n")
+            log_file.flush()
+            postfix = {"r": f"{log.reward:.2f}", "|A|": f"{log.mean_abs_adv:.3f}"}
+            if log.gate is not None:
+                postfix["gate"] = log.gate
+            postfix["eval"] = f"{eval_curve[-1][1]:.3f}"
+            bar.set_postfix(postfix)
+        bar.close()
+
+    n = max(len(logs), 1)
+    summary = {
+        "method": cfg.method,
+        "seed": cfg.seed,
+        "steps": cfg.steps,
+        "eval_curve": eval_curve,
+        "final_eval_accuracy": eval_curve[-1][1],
+        "initial_eval_accuracy": eval_curve[0][1],
+        "mean_train_reward": float(np.mean([x.reward for x in logs])) if logs else 0.0,
+        "seconds_per_step": {
+            "rollout": sum(x.seconds_rollout for x in logs) / n,
+            "scoring": sum(x.seconds_scoring for x in logs) / n,
+            "update": sum(x.seconds_update for x in logs) / n,
+            "push": sum(x.seconds_push for x in logs) / n,
+        },
+        "seconds_eval_total": t_eval,
+        "sign_flips": sum(x.sign_flips for x in logs),
+        "sign_tokens": sum(x.sign_tokens for x in logs),
+        "final_state": state,
+        "weights_version": logs[-1].weights_version if logs else None,
+    }
+    hsd_logs = [x for x in logs if x.hsd_total_mass]
+    if hsd_logs:
+        total = sum(x.hsd_total_mass for x in hsd_logs)
+        summary["hsd_window_share"] = sum(x.hsd_window_mass for x in hsd_logs) / total
+        summary["hsd_uniform_share"] = sum(x.hsd_uniform_mass for x in hsd_logs) / total
+        summary["hsd_rollouts"] = sum(x.hsd_rollouts for x in hsd_logs)
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
