@@ -82,17 +82,20 @@ class ContextBuilder:
     def __init__(self, tokenizer, max_model_len: int):
         self.tokenizer = tokenizer
         self.max_model_len = max_model_len
+        self._chat_ids: dict[str, tuple[int, ...]] = {}
 
     # ---- rendering ---------------------------------------------------------------------------
 
     def chat_ids(self, message: str) -> tuple[int, ...]:
-        ids = self.tokenizer.apply_chat_template(
-            [{"role": "user", "content": message}],
-            tokenize=True,
-            add_generation_prompt=True,
-            return_dict=False,
-        )
-        return tuple(int(i) for i in ids)
+        if message not in self._chat_ids:  # the rollouts of a group share most messages
+            ids = self.tokenizer.apply_chat_template(
+                [{"role": "user", "content": message}],
+                tokenize=True,
+                add_generation_prompt=True,
+                return_dict=False,
+            )
+            self._chat_ids[message] = tuple(int(i) for i in ids)
+        return self._chat_ids[message]
 
     def student_message(self, problem: str) -> str:
         return fill(templates.STUDENT, problem=problem)
