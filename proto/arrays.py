@@ -104,7 +104,10 @@ def _as_1d(value: list | PackedArray, kind: str) -> np.ndarray:
             raise ValueError(f"expected a 1-D array, got shape {value.shape}")
         array = value.to_numpy()
     else:
-        array = np.asarray(value, dtype=np.float64 if kind == "float" else np.int64)
+        try:
+            array = np.asarray(value, dtype=np.float64 if kind == "float" else np.int64)
+        except OverflowError:  # a JSON integer beyond int64 (a 422, not a 500)
+            raise ValueError("integers must lie in the signed 64-bit range") from None
     return array.astype(np.float64 if kind == "float" else np.int64, copy=False)
 
 

@@ -57,20 +57,33 @@ class ServiceMiddleware:
             return
 
         received = 0
+        response_started = False
+        rejected = False  # the 413 went out from limited_receive; the app's answer is dropped
 
         async def limited_receive():
-            nonlocal received
+            nonlocal received, rejected, status
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > limit:
+                    # A body without Content-Length (chunked) is caught here, while it streams.
+                    # Answer 413 now: the framework turns any error raised while it reads the
+                    # body into its own 400, which send_with_id then drops.
+                    if not response_started and not rejected:
+                        rejected, status = True, 413
+                        await self._send_error(
+                            send,
+                            413,
+                            request_id,
+                            f"request body over {limit} bytes (TC_MAX_BODY_BYTES)",
+                        )
                     raise _BodyTooLarge
             return message
 
-        response_started = False
-
         async def send_with_id(message):
             nonlocal status, response_started
+            if rejected:
+                return
             if message["type"] == "http.response.start":
                 response_started = True
                 status = message["status"]
@@ -85,11 +98,7 @@ class ServiceMiddleware:
         try:
             await self.app(scope, limited_receive, send_with_id)
         except _BodyTooLarge:
-            status = 413
-            if not response_started:
-                await self._send_error(
-                    send, 413, request_id, f"request body over {limit} bytes (TC_MAX_BODY_BYTES)"
-                )
+            pass  # the 413 was sent by limited_receive (or a response had already started)
         finally:
             self.metrics.in_flight.dec()
             self._observe(scope, status, started)

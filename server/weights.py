@@ -23,10 +23,17 @@ from server.errors import ServiceError
 def resolve_weights_path(root: str, path: str) -> Path:
     """Resolve ``path`` inside ``root``; traversal (``..``) and symlink escapes are a 403."""
     root_real = Path(os.path.realpath(root))
-    candidate = Path(os.path.realpath(root_real / path))
+    try:
+        candidate = Path(os.path.realpath(root_real / path))
+    except ValueError:  # an embedded NUL byte
+        raise ServiceError(422, "weights path contains a NUL byte", field="path") from None
     if candidate != root_real and root_real not in candidate.parents:
         raise ServiceError(403, f"weights path {path!r} escapes TC_WEIGHTS_ROOT", field="path")
-    if not candidate.is_dir():
+    try:
+        is_dir = candidate.is_dir()
+    except OSError:  # e.g. a name longer than the filesystem allows
+        is_dir = False
+    if not is_dir:
         raise ServiceError(
             422, f"weights path {path!r} is not a folder under TC_WEIGHTS_ROOT", field="path"
         )

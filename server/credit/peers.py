@@ -70,7 +70,9 @@ def other_successes(rewards_B, group_ids_B, success_threshold: float = 0.5) -> l
 def _generator(rng: Rng) -> torch.Generator:
     if isinstance(rng, torch.Generator):
         return rng
-    return torch.Generator().manual_seed(int(rng))
+    # torch takes seeds in [-2**63, 2**64): reduce mod 2**64 (the same generator for every seed it
+    # accepts) so any integer a request sends is a seed, not a 500.
+    return torch.Generator().manual_seed(int(rng) % 2**64)
 
 
 def hsd_select_peers(

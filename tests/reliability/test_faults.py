@@ -1,0 +1,95 @@
+"""Faults: one of two replicas is SIGKILLed while TeacherClient([a, b]) is sending calls.
+
+The scenario is ``benchmarks/reliability.py``'s ``run_fault``: a clean single-server run gives
+the reference numbers; then 8 threads send ``TC_FAULT_CALLS`` (default 96) calls through one
+client with both URLs, and once a third are done and a request is in flight on ``b``, ``b`` is
+killed with SIGKILL. The client's transport retries the calls that were in flight (idempotent
+scoring calls) and the ones that find ``b`` refusing connections, on ``a``. Asserted: every call
+completes, with numbers equal (1e-5) to the clean run; none lost.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import importlib.util
+import os
+import signal
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+
+from server.launcher import ServerProcess
+
+REPO = Path(__file__).resolve().parents[2]
+CALLS = int(os.environ.get("TC_FAULT_CALLS", "96"))
+CONCURRENCY = 8
+
+
+def load_benchmark():
+    name = "tokencredit_benchmarks_reliability"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / "reliability.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module  # dataclasses resolve their module by name
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+bench = load_benchmark()
+
+
+@pytest.fixture(scope="module")
+def replicas(model_path, tmp_path_factory):
+    env = bench.server_env(model_path, 1)
+    servers = [
+        ServerProcess(env=env, log_path=tmp_path_factory.mktemp(f"replica-{n}") / "server.log")
+        for n in "ab"
+    ]
+    try:
+        with cf.ThreadPoolExecutor(2) as pool:  # start both at once
+            list(pool.map(ServerProcess.start, servers))
+        yield servers
+    finally:
+        for s in servers:
+            s.stop()
+
+
+@pytest.fixture(scope="module")
+def report(replicas):
+    survivor, victim = replicas
+    info = httpx.get(survivor.url + "/v1/model", timeout=30).json()
+    return bench.run_fault(
+        survivor,
+        victim,
+        bench.workload(info["vocab_size"]),
+        calls=CALLS,
+        concurrency=CONCURRENCY,
+        atol=1e-5,
+    )
+
+
+def test_replica_killed_mid_run(report, replicas):
+    _, victim = replicas
+    assert victim.proc.returncode == -signal.SIGKILL
+    assert 0 < report.killed_after < CALLS
+    assert report.in_flight_at_kill >= 1, "nothing was in flight on the killed replica"
+
+
+def test_no_call_lost(report):
+    assert not report.errors, report.errors[:5]
+    assert report.lost == 0
+
+
+def test_numbers_equal_the_clean_single_server_run(report):
+    assert not report.mismatches, report.mismatches[:5]
+    assert report.ok == CALLS
+
+
+def test_survivor_took_over(report, replicas):
+    survivor, _ = replicas
+    # Round-robin sends about half the calls to each replica until the kill; after it, all
+    # go to the survivor.
+    assert report.served_by_survivor >= CALLS - report.killed_after
+    assert httpx.get(survivor.url + "/readyz", timeout=30).status_code == 200
