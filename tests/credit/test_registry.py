@@ -58,6 +58,9 @@ DEFAULTS = {
         "t_decay": 50,
         "grpo_std": "unbiased",
         "eps": 1e-6,
+        # generation settings of the reflections the server writes itself [R]
+        "reflection_max_tokens": 128,
+        "reflection_temperature": 0.7,
     },
 }
 
