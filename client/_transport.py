@@ -157,7 +157,11 @@ class _BaseTransport:
         self.replicas = Replicas(self.base_urls)
         self._retrier = _Retrier(retry, self.replicas)
         self.headers = {"User-Agent": USER_AGENT, "Accept": "application/json", **(headers or {})}
-        self.limits = limits or httpx.Limits(max_connections=64, max_keepalive_connections=16)
+        # Idle connections expire before uvicorn's 5 s keep-alive does, so a request never
+        # races the server closing the connection under it.
+        self.limits = limits or httpx.Limits(
+            max_connections=64, max_keepalive_connections=16, keepalive_expiry=4.0
+        )
 
     def _prepare(
         self, body: Any, request_id: str | None, headers: dict[str, str] | None
