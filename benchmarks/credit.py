@@ -22,6 +22,9 @@ import httpx
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from tables import print_table
 
 from server.engines.base import ScoreItem
 from server.engines.hf import HFEngine
@@ -139,14 +142,6 @@ def shared_prefix(model: str, repeats: int, length: int) -> list[tuple]:
         )
     )
     return rows
-
-
-def print_table(title, header, rows):
-    print(f"\n{title}")
-    print(" | ".join(header))
-    print(" | ".join("---" for _ in header))
-    for row in rows:
-        print(" | ".join(f"{v:.3g}" if isinstance(v, float) else str(v) for v in row))
 
 
 def main() -> None:

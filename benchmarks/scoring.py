@@ -28,7 +28,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from gpu_scoring import build_random_qwen3
+from gpu_scoring import build_random_qwen3  # Qwen3-0.6B shape, random weights
+from tables import print_table
 
 from proto import decode_packed, encode_packed
 from server.engines.base import ScoreItem
@@ -179,14 +180,6 @@ def peak_rss_mib(pid: int) -> float:
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
     return float("nan")
-
-
-def print_table(title: str, header: tuple, rows: list[tuple]) -> None:
-    print(f"\n{title}")
-    print(" | ".join(header))
-    print(" | ".join("---" for _ in header))
-    for row in rows:
-        print(" | ".join(f"{v:,.3g}" if isinstance(v, float) else str(v) for v in row))
 
 
 def main() -> None:
