@@ -42,11 +42,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         runtime.draining = True
         await runtime.stop()
 
+    # With API keys every route but health and metrics needs one (API.md), so the interactive
+    # docs are switched off rather than left open; the schema is also in proto/openapi.json.
+    docs = (
+        {}
+        if not settings.api_key_set
+        else {"openapi_url": None, "docs_url": None, "redoc_url": None}
+    )
     app = FastAPI(
         title="tokencredit",
         version="1.0.0",
         summary="Teacher scoring and per-token credit assignment for RL on LLMs",
         lifespan=lifespan,
+        **docs,
     )
     app.state.runtime = runtime
     install_error_handlers(app)
