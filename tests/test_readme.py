@@ -12,7 +12,9 @@ README = (ROOT / "README.md").read_text()
 
 def test_every_setting_is_documented():
     for name in Settings.model_fields:
-        assert f"`TC_{name.upper()}`" in README, f"TC_{name.upper()} missing from the README settings table"
+        assert f"`TC_{name.upper()}`" in README, (
+            f"TC_{name.upper()} missing from the README settings table"
+        )
 
 
 def test_the_two_commands_exist():
