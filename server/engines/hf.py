@@ -195,18 +195,19 @@ class HFEngine:
             yield chunk
 
     def _score_padded(self, model, items, chunk: list[int], outputs) -> None:
-        """Right-padded batch; rows for target j sit at position len(context) - 1 + j."""
+        """Right-padded batch; rows for target j sit at position len(context) - 1 + j.
+
+        No attention mask: with padding on the right, a real token's causal window holds only
+        real tokens, so plain causal attention (the fast SDPA path) gives exact results for every
+        row we read; the pad positions' outputs are never used.
+        """
         seqs = [items[i].context_ids + items[i].target_ids for i in chunk]
         longest = max(len(s) for s in seqs)
         pad = self.tokenizer.pad_token_id or 0
         ids_BT = torch.full((len(seqs), longest), pad, dtype=torch.long)
-        mask_BT = torch.zeros((len(seqs), longest), dtype=torch.long)
         for b, seq in enumerate(seqs):
             ids_BT[b, : len(seq)] = torch.tensor(seq)
-            mask_BT[b, : len(seq)] = 1
-        hidden_BTH = _decoder(model)(
-            input_ids=ids_BT.to(self.device), attention_mask=mask_BT.to(self.device)
-        ).last_hidden_state
+        hidden_BTH = _decoder(model)(input_ids=ids_BT.to(self.device)).last_hidden_state
         batch_idx, pos_idx, targets, owners, start = [], [], [], [], 0
         for b, i in enumerate(chunk):
             ctx, tgt = items[i].context_ids, items[i].target_ids
@@ -236,17 +237,14 @@ class HFEngine:
         hidden_BTH = None
         if longest:
             n, C = len(chunk), len(context)
-            ids_BT = torch.zeros((n, longest), dtype=torch.long)
-            mask_BT = torch.ones((n, C + longest), dtype=torch.long)
+            ids_BT = torch.zeros((n, longest), dtype=torch.long)  # right-padded: no mask needed
             for b, f in enumerate(fed):
                 ids_BT[b, : len(f)] = torch.tensor(f, dtype=torch.long)
-                mask_BT[b, C + len(f) :] = 0
             cache = copy.deepcopy(out.past_key_values)
             cache.batch_repeat_interleave(n)
             position_ids = torch.arange(C, C + longest, device=self.device).expand(n, -1)
             hidden_BTH = decoder(
                 input_ids=ids_BT.to(self.device),
-                attention_mask=mask_BT.to(self.device),
                 position_ids=position_ids,
                 past_key_values=cache,
                 use_cache=True,
