@@ -48,6 +48,8 @@ HEAD_CHUNK_ELEMENTS = 8 * 1024 * 1024
 # A context shared by at least this many items, and at least this long, is computed once.
 SHARED_PREFIX_MIN_ITEMS = 2
 SHARED_PREFIX_MIN_TOKENS = 8
+# A padded batch's longest sequence is at most this many times its shortest.
+MAX_PAD_RATIO = 1.25
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # vLLM's ``_SAMPLING_EPS``: generation below this temperature is greedy on both backends.
@@ -153,7 +155,8 @@ class HFEngine:
             model = self._model
             shared, single = self._split_shared_prefixes(items)
             for context, members in shared.items():
-                for chunk in self._budget_chunks(members, items, fixed=len(context)):
+                by_length = sorted(members, key=lambda i: len(items[i].target_ids))
+                for chunk in self._budget_chunks(by_length, items, fixed=len(context)):
                     self._score_shared(model, items, context, chunk, outputs)
             for chunk in self._budget_chunks(
                 sorted(single, key=lambda i: items[i].num_tokens), items
@@ -180,15 +183,21 @@ class HFEngine:
         return shared, single
 
     def _budget_chunks(self, order: list[int], items: list[ScoreItem], fixed: int = 0):
-        """Consecutive runs of ``order`` whose padded size (rows x longest) fits the token budget."""
+        """Consecutive runs of ``order`` (sorted by length) whose padded size (rows x longest)
+        fits the token budget, and whose longest item is at most ``MAX_PAD_RATIO`` x the shortest,
+        so padding never costs more than a fifth of a batch's compute."""
         budget = self.settings.max_batch_tokens
         chunk: list[int] = []
-        longest = 0
+        longest = shortest = 0
         for i in order:
             n = len(items[i].target_ids) if fixed else items[i].num_tokens
-            if chunk and fixed + (len(chunk) + 1) * max(longest, n) > budget:
+            too_big = fixed + (len(chunk) + 1) * max(longest, n) > budget
+            too_ragged = n > MAX_PAD_RATIO * max(shortest, 1)
+            if chunk and (too_big or too_ragged):
                 yield chunk
                 chunk, longest = [], 0
+            if not chunk:
+                shortest = n
             chunk.append(i)
             longest = max(longest, n)
         if chunk:
