@@ -11,37 +11,20 @@ completes, with numbers equal (1e-5) to the clean run; none lost.
 from __future__ import annotations
 
 import concurrent.futures as cf
-import importlib.util
 import os
 import signal
-import sys
-from pathlib import Path
 
 import httpx
 import pytest
 
 from server.launcher import ServerProcess
 
-REPO = Path(__file__).resolve().parents[2]
 CALLS = int(os.environ.get("TC_FAULT_CALLS", "96"))
 CONCURRENCY = 8
 
 
-def load_benchmark():
-    name = "tokencredit_benchmarks_reliability"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / "reliability.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module  # dataclasses resolve their module by name
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-bench = load_benchmark()
-
-
 @pytest.fixture(scope="module")
-def replicas(model_path, tmp_path_factory):
+def replicas(bench, model_path, tmp_path_factory):
     env = bench.server_env(model_path, 1)
     servers = [
         ServerProcess(env=env, log_path=tmp_path_factory.mktemp(f"replica-{n}") / "server.log")
@@ -57,7 +40,7 @@ def replicas(model_path, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def report(replicas):
+def report(bench, replicas):
     survivor, victim = replicas
     info = httpx.get(survivor.url + "/v1/model", timeout=30).json()
     return bench.run_fault(

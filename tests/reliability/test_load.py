@@ -9,17 +9,13 @@ answer, queue depth never above TC_MAX_QUEUE, bounded memory, and a healthy, idl
 
 from __future__ import annotations
 
-import importlib.util
 import os
-import sys
-from pathlib import Path
 
 import httpx
 import pytest
 
 from server.launcher import ServerProcess
 
-REPO = Path(__file__).resolve().parents[2]
 CLIENTS = int(os.environ.get("TC_LOAD_CLIENTS", "64"))
 SECONDS = float(os.environ.get("TC_LOAD_SECONDS", "20"))
 QUEUE = 16
@@ -29,21 +25,8 @@ QUEUE = 16
 RSS_GROWTH_LIMIT = 512 * 2**20
 
 
-def load_benchmark():
-    name = "tokencredit_benchmarks_reliability"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / "reliability.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module  # dataclasses resolve their module by name
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-bench = load_benchmark()
-
-
 @pytest.fixture(scope="module")
-def report(model_path, tmp_path_factory):
+def report(bench, model_path, tmp_path_factory):
     log = tmp_path_factory.mktemp("load-server") / "server.log"
     env = bench.server_env(model_path, 1, TC_MAX_QUEUE=str(QUEUE))
     with ServerProcess(env=env, log_path=log) as server:
@@ -81,7 +64,7 @@ def test_queue_depth_never_above_the_limit(report):
     assert 0 < report.depth_max <= QUEUE
 
 
-def test_memory_bounded(report):
+def test_memory_bounded(bench, report):
     assert report.rss_base > 0
     assert report.rss_peak - report.rss_base < RSS_GROWTH_LIMIT, bench.json.dumps(report.summary())
     assert report.rss_after - report.rss_base < RSS_GROWTH_LIMIT
