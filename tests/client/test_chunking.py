@@ -15,6 +15,9 @@ import pytest
 
 from client import AsyncTeacherClient, TeacherClient, UnprocessableEntityError
 
+# Separate requests may be batched differently, which moves the last float32 bits.
+ATOL = 1e-5
+
 
 def sequences(vocab: int, n: int = 24, seed: int = 7) -> list[dict]:
     rng = np.random.default_rng(seed)
@@ -68,7 +71,7 @@ def assert_same_scores(a, b):
         for name in ("logprobs", "entropy", "topk_logprobs"):
             assert_close(getattr(x, name), getattr(y, name))
         if x.topk_ids is not None or y.topk_ids is not None:
-            np.testing.assert_array_equal(x.topk_ids, y.topk_ids)
+            np.testing.assert_allclose(x.topk_ids, y.topk_ids, atol=ATOL)
 
 
 def test_logprobs_chunked_equals_one_call(server, faults, vocab):

@@ -17,6 +17,9 @@ import client
 from client import AsyncTeacherClient, RetryPolicy, TeacherClient
 from server.launcher import free_port
 
+# Separate requests may be batched differently, which moves the last float32 bits.
+ATOL = 1e-5
+
 RETRY = RetryPolicy(retries=4, backoff_base=0.05, backoff_max=0.5)
 
 
@@ -49,7 +52,7 @@ def test_load_weights_then_min_weights_version(spare, model_path):
         assert loaded.weights_version == 7 and loaded.load_seconds >= 0
         after = c.logprobs([([1, 2, 3], [4, 5])], min_weights_version=7)
         assert after.weights_version == 7
-        np.testing.assert_array_equal(before[0].logprobs, after[0].logprobs)  # same weights
+        np.testing.assert_allclose(before[0].logprobs, after[0].logprobs, atol=ATOL)  # same weights
         with pytest.raises(client.StaleWeightsError):
             c.load_weights("ckpt-7", version=7)  # versions must increase
         with pytest.raises(client.PermissionDeniedError) as info:
@@ -86,8 +89,8 @@ def test_failover_when_a_replica_stops_mid_run(server, spare):
     assert not errors, errors
     assert all(r is not None for r in results)
     for got, want in zip(results, expected):
-        np.testing.assert_array_equal(got[0].logprobs, want[0].logprobs)
-        np.testing.assert_array_equal(got[0].topk_ids, want[0].topk_ids)
+        np.testing.assert_allclose(got[0].logprobs, want[0].logprobs, atol=ATOL)
+        np.testing.assert_allclose(got[0].topk_ids, want[0].topk_ids, atol=ATOL)
 
 
 def test_async_failover_with_a_dead_replica(server):
@@ -101,4 +104,4 @@ def test_async_failover_with_a_dead_replica(server):
             return [await ac.logprobs(c) for c in work]
 
     for got, want in zip(asyncio.run(run()), expected):
-        np.testing.assert_array_equal(got[0].logprobs, want[0].logprobs)
+        np.testing.assert_allclose(got[0].logprobs, want[0].logprobs, atol=ATOL)
