@@ -212,30 +212,9 @@ def percentile(values: list[float], q: float) -> float:
 # ---- load ------------------------------------------------------------------------------------
 
 
-@dataclass
-class LoadReport:
-    clients: int
-    seconds: float
-    max_queue: int
-    requests: int = 0  # answered (200 or not)
-    ok: int = 0
-    rejected: int = 0  # 429
-    bad_retry_after: int = 0  # 429s without a usable Retry-After, or not of type queue_full
-    errors: list[str] = field(default_factory=list)  # other statuses, timeouts, broken connections
-    mismatches: list[str] = field(default_factory=list)  # 200s whose numbers differ from idle
-    latencies: list[float] = field(default_factory=list)  # seconds, 200s only
-    elapsed: float = 0.0
-    depth_max: float = 0.0
-    in_flight_max: float = 0.0
-    samples: int = 0
-    rss_base: int = 0  # warm server, before the load
-    rss_peak: int = 0  # highest VmRSS sampled during the load
-    hwm_end: int = 0  # VmHWM after the load (includes start-up)
-    rss_after: int = 0
-    rejected_metric: float = 0.0  # tokencredit_rejected_total growth on the server
-    in_flight_after: float = -1.0  # requests in flight once idle (should be 0)
-    depth_after: float = -1.0
-    ready_after: int = 0  # /readyz status after the load
+class RunStats:
+    """Latency percentiles, throughput and a JSON summary, shared by the load and fault reports
+    (dataclasses with ``latencies``, ``ok``, ``elapsed``, ``errors`` and ``mismatches``)."""
 
     @property
     def p50_ms(self) -> float:
@@ -261,6 +240,32 @@ class LoadReport:
             mismatch_examples=self.mismatches[:5],
         )
         return d
+
+
+@dataclass
+class LoadReport(RunStats):
+    clients: int
+    seconds: float
+    max_queue: int
+    requests: int = 0  # answered (200 or not)
+    ok: int = 0
+    rejected: int = 0  # 429
+    bad_retry_after: int = 0  # 429s without a usable Retry-After, or not of type queue_full
+    errors: list[str] = field(default_factory=list)  # other statuses, timeouts, broken connections
+    mismatches: list[str] = field(default_factory=list)  # 200s whose numbers differ from idle
+    latencies: list[float] = field(default_factory=list)  # seconds, 200s only
+    elapsed: float = 0.0
+    depth_max: float = 0.0
+    in_flight_max: float = 0.0
+    samples: int = 0
+    rss_base: int = 0  # warm server, before the load
+    rss_peak: int = 0  # highest VmRSS sampled during the load
+    hwm_end: int = 0  # VmHWM after the load (includes start-up)
+    rss_after: int = 0
+    rejected_metric: float = 0.0  # tokencredit_rejected_total growth on the server
+    in_flight_after: float = -1.0  # requests in flight once idle (should be 0)
+    depth_after: float = -1.0
+    ready_after: int = 0  # /readyz status after the load
 
 
 async def _load(
@@ -371,7 +376,7 @@ def run_load(
 
 
 @dataclass
-class FaultReport:
+class FaultReport(RunStats):
     calls: int
     concurrency: int
     ok: int = 0
@@ -387,31 +392,8 @@ class FaultReport:
     def lost(self) -> int:
         return self.calls - self.ok
 
-    @property
-    def p50_ms(self) -> float:
-        return 1000 * percentile(self.latencies, 50)
-
-    @property
-    def p99_ms(self) -> float:
-        return 1000 * percentile(self.latencies, 99)
-
-    @property
-    def throughput(self) -> float:
-        return self.ok / self.elapsed if self.elapsed else 0.0
-
     def summary(self) -> dict[str, Any]:
-        d = {k: v for k, v in asdict(self).items() if k != "latencies"}
-        d.update(
-            errors=len(self.errors),
-            mismatches=len(self.mismatches),
-            lost=self.lost,
-            p50_ms=self.p50_ms,
-            p99_ms=self.p99_ms,
-            throughput=self.throughput,
-            error_examples=self.errors[:5],
-            mismatch_examples=self.mismatches[:5],
-        )
-        return d
+        return {**super().summary(), "lost": self.lost}
 
 
 def run_calls(
