@@ -2,13 +2,16 @@
 
     python benchmarks/scoring.py                 # embedded model + a random ~0.5B Qwen3 shape
     python benchmarks/scoring.py --skip-large    # embedded model only (about a minute)
+    python benchmarks/scoring.py --device cuda   # the same comparison on a GPU (float32)
 
 Prints tables (a benchmark, not a test). Rows:
   (a) naive: one sequence at a time, ``model(ids).logits.log_softmax(-1)`` over all positions
   (b) engine: ``HFEngine.score_sync`` (length-sorted batches, head only on target rows, chunked)
   (c) HTTP + packed arrays (``encoding: base64``), a real uvicorn server on a real port
   (d) HTTP + JSON lists
-Ratios are what to read: timings on a shared 2-core machine vary 2-4x between runs.
+Workloads: independent sequences (every context different), and groups (8 rollouts scored
+under each of 8 teacher contexts, as an RL step sends them), where the engine computes each
+context once. Ratios are what to read: timings on a shared 2-core machine vary 2-4x between runs.
 """
 
 from __future__ import annotations
@@ -49,15 +52,27 @@ def make_items(vocab: int, n: int, lo: int, hi: int, seed: int = 0) -> list[Scor
     return items
 
 
+def make_groups(vocab: int, groups: int, per_group: int, seed: int = 0) -> list[ScoreItem]:
+    """``groups`` contexts of 32-256 tokens, each with ``per_group`` targets of 32-256 tokens."""
+    rng = np.random.default_rng(seed)
+    items = []
+    for _ in range(groups):
+        context = tuple(rng.integers(0, vocab, int(rng.integers(32, 257))).tolist())
+        for _ in range(per_group):
+            target = tuple(rng.integers(0, vocab, int(rng.integers(32, 257))).tolist())
+            items.append(ScoreItem(context, target, top_k=0))
+    return items
+
+
 @torch.inference_mode()
 def naive(model, items: list[ScoreItem]) -> list[np.ndarray]:
     out = []
     for it in items:
-        logp = (
-            model(torch.tensor([it.context_ids + it.target_ids])).logits[0].float().log_softmax(-1)
-        )
+        ids = torch.tensor([it.context_ids + it.target_ids], device=model.device)
+        logp = model(ids).logits[0].float().log_softmax(-1)
         rows = logp[len(it.context_ids) - 1 : len(it.context_ids) - 1 + len(it.target_ids)]
-        out.append(rows.gather(1, torch.tensor(it.target_ids)[:, None])[:, 0].numpy())
+        target = torch.tensor(it.target_ids, device=model.device)
+        out.append(rows.gather(1, target[:, None])[:, 0].cpu().numpy())
     return out
 
 
@@ -92,10 +107,15 @@ def decode_logprobs(payload: bytes, packed: bool) -> list[np.ndarray]:
 
 
 def bench_model(
-    label: str, model_path: str, items: list[ScoreItem], repeats: int, max_batch_tokens: int
+    label: str,
+    model_path: str,
+    items: list[ScoreItem],
+    repeats: int,
+    max_batch_tokens: int,
+    device: str,
 ) -> list[tuple]:
     settings = Settings(
-        model=model_path, device="cpu", dtype="float32", max_batch_tokens=max_batch_tokens
+        model=model_path, device=device, dtype="float32", max_batch_tokens=max_batch_tokens
     )
     engine = HFEngine.load(settings)
     tokens = sum(len(it.target_ids) for it in items)
@@ -109,7 +129,7 @@ def bench_model(
         ServerProcess(
             env={
                 "TC_MODEL": model_path,
-                "TC_DEVICE": "cpu",
+                "TC_DEVICE": device,
                 "TC_DTYPE": "float32",
                 "TC_MAX_BATCH_TOKENS": str(max_batch_tokens),
                 "TC_LOG_LEVEL": "warning",
@@ -189,15 +209,23 @@ def main() -> None:
     parser.add_argument("--model", default=str(DEFAULT_MODEL_DIR))
     parser.add_argument("--skip-large", action="store_true", help="skip the random 0.5B model")
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument(
+        "--large-seqs", type=int, help="sequences for the 0.5B model (default 4 on cpu, 64 on cuda)"
+    )
     args = parser.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
+    device = args.device
+    large_seqs = args.large_seqs or (4 if device == "cpu" else 64)
 
     engine_vocab = HFEngine.load(Settings(model=args.model)).info.vocab_size
     small = make_items(engine_vocab, 64, 64, 512)
-    rows = bench_model("embedded", args.model, small, args.repeats, max_batch_tokens=16384)
+    rows = bench_model("embedded", args.model, small, args.repeats, 16384, device)
+    groups = make_groups(engine_vocab, 8, 8)
+    rows += bench_model("embedded, 8x8 groups", args.model, groups, args.repeats, 16384, device)
 
     with ServerProcess(
-        env={"TC_MODEL": args.model, "TC_DEVICE": "cpu", "TC_LOG_LEVEL": "warning"}
+        env={"TC_MODEL": args.model, "TC_DEVICE": device, "TC_LOG_LEVEL": "warning"}
     ) as server:
         payload = payload_table(make_items(engine_vocab, 64, 64, 512, seed=1), server.url, k=20)
 
@@ -205,12 +233,15 @@ def main() -> None:
     if not args.skip_large:
         with tempfile.TemporaryDirectory() as tmp:
             build_random_qwen3(Path(tmp), "0.5b", torch.float32, max_len=4096)
-            large_items = make_items(151936, 4, 64, 256, seed=2)
-            rows += bench_model("random 0.5B", tmp, large_items, 1, max_batch_tokens=2048)
+            hi = 256 if device == "cpu" else 512
+            large_items = make_items(151936, large_seqs, 64, hi, seed=2)
+            budget = 2048 if device == "cpu" else 16384
+            repeats = 1 if device == "cpu" else args.repeats
+            rows += bench_model("random 0.5B", tmp, large_items, repeats, budget, device)
             with ServerProcess(
                 env={
                     "TC_MODEL": tmp,
-                    "TC_DEVICE": "cpu",
+                    "TC_DEVICE": device,
                     "TC_LOG_LEVEL": "warning",
                     "TC_MAX_BATCH_TOKENS": "2048",
                 }
@@ -224,7 +255,7 @@ def main() -> None:
                 large_rss = (weights_mib, before, peak_rss_mib(server.proc.pid))
 
     print_table(
-        "Scoring throughput (target tokens/s; speed-up vs naive; max |Δ logprob| vs naive)",
+        f"Scoring throughput on {device} (target tokens/s; speed-up vs naive; max |Δ logprob|)",
         ("model", "path", "tokens/s", "x naive", "max abs diff"),
         rows,
     )

@@ -1,7 +1,8 @@
 """Dynamic batching: concurrent requests are merged into engine calls under a token budget.
 
 Each request submits its ``ScoreItem``s as one job. A single loop takes the oldest job, waits up
-to ``batch_wait_ms`` for more, packs jobs until ``max_batch_tokens`` is reached (always at least
+to ``batch_wait_ms`` for more (only while other HTTP requests are in flight but not yet queued:
+a lone request never waits), packs jobs until ``max_batch_tokens`` is reached (always at least
 one job, so an oversized request still runs; the engine splits it), and resolves every job's
 future with its slice of the results. The queue is bounded: a full queue raises ``QueueFull``,
 which the routes turn into 429 with ``Retry-After``.
@@ -92,7 +93,7 @@ class Batcher:
             if not self._queue:
                 self._wakeup.clear()
                 await self._wakeup.wait()
-            if self.batch_wait > 0:
+            if self.batch_wait > 0 and self._more_may_arrive():
                 await asyncio.sleep(self.batch_wait)  # let concurrent requests arrive
             jobs = [self._queue.popleft()]
             tokens = jobs[0].tokens
@@ -104,6 +105,11 @@ class Batcher:
             jobs = [job for job in jobs if not job.future.cancelled()]  # client went away
             if jobs:
                 await self._run_batch(jobs, tokens)
+
+    def _more_may_arrive(self) -> bool:
+        """Some request is being handled that has not queued a job yet (still being read or
+        validated): worth a short wait. Each queued job belongs to one such request."""
+        return self.metrics.requests_in_flight > len(self._queue)
 
     async def _run_batch(self, jobs: list[_Job], tokens: int) -> None:
         items = [item for job in jobs for item in job.items]

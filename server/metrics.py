@@ -34,6 +34,7 @@ class Metrics:
             "tokencredit_queue_depth", "Requests waiting for the engine", registry=r
         )
         self.in_flight = Gauge("tokencredit_in_flight", "HTTP requests being handled", registry=r)
+        self.requests_in_flight = 0  # the same number, for the batcher to read cheaply
         self.batch_size = Histogram(
             "tokencredit_batch_sequences",
             "Sequences per engine batch",

@@ -95,12 +95,14 @@ class ServiceMiddleware:
             await send(message)
 
         self.metrics.in_flight.inc()
+        self.metrics.requests_in_flight += 1
         try:
             await self.app(scope, limited_receive, send_with_id)
         except _BodyTooLarge:
             pass  # the 413 was sent by limited_receive (or a response had already started)
         finally:
             self.metrics.in_flight.dec()
+            self.metrics.requests_in_flight -= 1
             self._observe(scope, status, started)
             request_id_var.reset(token)
 

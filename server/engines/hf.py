@@ -11,13 +11,13 @@ Naive equivalent, one sequence (what the tests compare against)::
 
 Batches are planned by length under ``max_batch_tokens`` (sorted, so padding stays small), and
 items that share a long context (the G rollouts of a group scored under one teacher context) run
-the context once and reuse its KV cache for every target.
+the context once and reuse its KV cache for every target. Many groups go through one forward
+(contexts left-padded under an attention mask), so sharing does not shrink the batches a GPU sees.
 """
 
 from __future__ import annotations
 
 import asyncio
-import copy
 import hashlib
 import json
 import logging
@@ -77,6 +77,15 @@ def resolve_device_dtype(settings: Settings) -> tuple[str, torch.dtype]:
 
 
 @dataclass
+class _SharedUnit:
+    """Items scored on one copy of a shared context's KV cache."""
+
+    context: tuple[int, ...]
+    members: list[int]  # item indices, sorted by target length
+    longest: int  # longest target among them
+
+
+@dataclass
 class _Rows:
     """Hidden states that predict target tokens, flattened over a batch."""
 
@@ -98,6 +107,8 @@ class HFEngine:
         self.dtype = dtype
         self._lock = threading.Lock()  # one forward at a time; torch already uses every core
         self.share_prefixes = True  # off only to measure what sharing saves (benchmarks/credit.py)
+        # Context tokens computed once for a group instead of once per item (benchmarks read it).
+        self.stats = {"prefix_cached_tokens": 0}
         config = model.config
         self.info = EngineInfo(
             model=settings.model_path,
@@ -154,10 +165,8 @@ class HFEngine:
         with self._lock:
             model = self._model
             shared, single = self._split_shared_prefixes(items)
-            for context, members in shared.items():
-                by_length = sorted(members, key=lambda i: len(items[i].target_ids))
-                for chunk in self._budget_chunks(by_length, items, fixed=len(context)):
-                    self._score_shared(model, items, context, chunk, outputs)
+            for units in self._pack_units(self._shared_units(shared, items)):
+                self._score_shared(model, items, units, outputs)
             for chunk in self._budget_chunks(
                 sorted(single, key=lambda i: items[i].num_tokens), items
             ):
@@ -182,7 +191,57 @@ class HFEngine:
                 single.extend(members)
         return shared, single
 
-    def _budget_chunks(self, order: list[int], items: list[ScoreItem], fixed: int = 0):
+    def _shared_units(self, shared: dict[tuple, list[int]], items: list[ScoreItem]):
+        for context, members in shared.items():
+            by_length = sorted(members, key=lambda i: len(items[i].target_ids))
+            for chunk in self._split_group(by_length, items, len(context)):
+                yield _SharedUnit(context, chunk, len(items[chunk[-1]].target_ids))
+
+    def _split_group(self, order: list[int], items: list[ScoreItem], context_len: int):
+        """Split one context's items (sorted by target length) into runs that minimise computed
+        tokens: each run pays its context once plus rows x its longest target (the padding), and
+        fits the budget. Exact dynamic programme over split points; groups are small."""
+        lengths = [len(items[i].target_ids) for i in order]
+        budget = self.settings.max_batch_tokens
+        best = [0.0] + [float("inf")] * len(order)  # best[j]: cost of the first j items
+        cut = [0] * (len(order) + 1)
+        for j in range(1, len(order) + 1):
+            for i in range(j - 1, -1, -1):  # run = items i..j-1; its longest is lengths[j-1]
+                cost = context_len + (j - i) * lengths[j - 1]
+                if cost > budget and j - i > 1:
+                    break
+                if best[i] + cost < best[j]:
+                    best[j], cut[j] = best[i] + cost, i
+        runs, j = [], len(order)
+        while j:
+            runs.append(order[cut[j] : j])
+            j = cut[j]
+        return runs[::-1]
+
+    def _pack_units(self, units) -> list[list[_SharedUnit]]:
+        """Units sorted by longest target, packed into one forward while the padded cost
+        (groups x longest context + rows x longest target) fits the budget and neither the
+        contexts nor the targets of a pack differ by more than ``MAX_PAD_RATIO``."""
+        budget = self.settings.max_batch_tokens
+        packs: list[list[_SharedUnit]] = []
+        pack: list[_SharedUnit] = []
+        for unit in sorted(units, key=lambda u: u.longest):
+            if pack:
+                contexts = [len(u.context) for u in (*pack, unit)]
+                rows = sum(len(u.members) for u in pack) + len(unit.members)
+                cost = len(contexts) * max(contexts) + rows * unit.longest
+                ragged = max(contexts) > MAX_PAD_RATIO * min(contexts) or (
+                    unit.longest > MAX_PAD_RATIO * max(pack[0].longest, 1)
+                )
+                if cost > budget or ragged:
+                    packs.append(pack)
+                    pack = []
+            pack.append(unit)
+        if pack:
+            packs.append(pack)
+        return packs
+
+    def _budget_chunks(self, order: list[int], items: list[ScoreItem]):
         """Consecutive runs of ``order`` (sorted by length) whose padded size (rows x longest)
         fits the token budget, and whose longest item is at most ``MAX_PAD_RATIO`` x the shortest,
         so padding never costs more than a fifth of a batch's compute."""
@@ -190,8 +249,8 @@ class HFEngine:
         chunk: list[int] = []
         longest = shortest = 0
         for i in order:
-            n = len(items[i].target_ids) if fixed else items[i].num_tokens
-            too_big = fixed + (len(chunk) + 1) * max(longest, n) > budget
+            n = items[i].num_tokens
+            too_big = (len(chunk) + 1) * max(longest, n) > budget
             too_ragged = n > MAX_PAD_RATIO * max(shortest, 1)
             if chunk and (too_big or too_ragged):
                 yield chunk
@@ -234,43 +293,71 @@ class HFEngine:
         )
         self._head(model, rows, items, outputs)
 
-    def _score_shared(self, model, items, context: tuple, chunk: list[int], outputs) -> None:
-        """Run the shared context once, then every target on a copy of its KV cache."""
+    def _score_shared(self, model, items, units: list[_SharedUnit], outputs) -> None:
+        """Run every unit's context once (left-padded, one forward), then all their targets on
+        copies of those KV caches (right-padded, one forward).
+
+        Left padding keeps each context's last token at the same column, and position ids count
+        real tokens only, so every row sees exactly what it would see alone; pad keys are masked.
+        """
         decoder = _decoder(model)
-        ctx_1C = torch.tensor([context], dtype=torch.long, device=self.device)
-        out = decoder(input_ids=ctx_1C, use_cache=True)
-        last_H = out.last_hidden_state[0, -1]  # predicts every target's token 0
+        G, C = len(units), max(len(u.context) for u in units)
+        ctx_GC = torch.zeros((G, C), dtype=torch.long)
+        mask_GC = torch.zeros((G, C), dtype=torch.long)
+        for g, unit in enumerate(units):
+            ctx_GC[g, C - len(unit.context) :] = torch.tensor(unit.context)
+            mask_GC[g, C - len(unit.context) :] = 1
+        padded = bool((mask_GC == 0).any())
+        mask_GC = mask_GC.to(self.device)
+        out = decoder(
+            input_ids=ctx_GC.to(self.device),
+            attention_mask=mask_GC if padded else None,
+            position_ids=(mask_GC.cumsum(-1) - 1).clamp(min=0),
+            use_cache=True,
+        )
+        last_GH = out.last_hidden_state[:, -1]  # predicts token 0 of every target of the unit
+        row_unit = [g for g, unit in enumerate(units) for _ in unit.members]
+        members = [i for unit in units for i in unit.members]
+        self.stats["prefix_cached_tokens"] += sum(
+            (len(u.members) - 1) * len(u.context) for u in units
+        )
         # Feed target[:-1]: the hidden state of target j-1 predicts target j.
-        fed = [items[i].target_ids[:-1] for i in chunk]
+        fed = [items[i].target_ids[:-1] for i in members]
         longest = max(len(f) for f in fed)
-        hidden_BTH = None
+        hidden_NTH = None
         if longest:
-            n, C = len(chunk), len(context)
-            ids_BT = torch.zeros((n, longest), dtype=torch.long)  # right-padded: no mask needed
+            ids_NT = torch.zeros((len(fed), longest), dtype=torch.long)  # right-padded
             for b, f in enumerate(fed):
-                ids_BT[b, : len(f)] = torch.tensor(f, dtype=torch.long)
-            cache = copy.deepcopy(out.past_key_values)
-            cache.batch_repeat_interleave(n)
-            position_ids = torch.arange(C, C + longest, device=self.device).expand(n, -1)
-            hidden_BTH = decoder(
-                input_ids=ids_BT.to(self.device),
+                ids_NT[b, : len(f)] = torch.tensor(f, dtype=torch.long)
+            row_unit_N = torch.tensor(row_unit, device=self.device)
+            cache = out.past_key_values
+            cache.batch_select_indices(row_unit_N)  # a copy of its unit's context per row
+            context_lens_N = mask_GC.sum(-1)[row_unit_N]
+            position_ids = context_lens_N[:, None] + torch.arange(longest, device=self.device)
+            mask_NT = None
+            if padded:
+                ones = torch.ones((len(fed), longest), dtype=torch.long, device=self.device)
+                mask_NT = torch.cat([mask_GC[row_unit_N], ones], dim=1)
+            hidden_NTH = decoder(
+                input_ids=ids_NT.to(self.device),
+                attention_mask=mask_NT,
                 position_ids=position_ids,
                 past_key_values=cache,
                 use_cache=True,
             ).last_hidden_state
         pieces, targets, owners, start = [], [], [], 0
-        for b, i in enumerate(chunk):
+        for b, (g, i) in enumerate(zip(row_unit, members)):
             tgt = items[i].target_ids
             if not tgt:
                 owners.append((i, start, 0))
                 continue
-            pieces.append(last_H[None])
+            pieces.append(last_GH[g][None])
             if len(tgt) > 1:
-                pieces.append(hidden_BTH[b, : len(tgt) - 1])
+                pieces.append(hidden_NTH[b, : len(tgt) - 1])
             targets += tgt
             owners.append((i, start, len(tgt)))
             start += len(tgt)
-        hidden_NH = torch.cat(pieces) if pieces else last_H[:0][None].reshape(0, last_H.shape[-1])
+        hidden_NH = torch.cat(pieces) if pieces else last_GH[:0]
         rows = _Rows(
             hidden_NH=hidden_NH, targets_N=torch.tensor(targets, dtype=torch.long), owners=owners
         )

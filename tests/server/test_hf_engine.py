@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from server.engines.base import GenerateItem, ScoreItem
-from server.engines.hf import HFEngine
+from server.engines.hf import HFEngine, _SharedUnit
 from server.settings import Settings
 
 
@@ -31,6 +31,42 @@ def test_shared_prefix_equals_scoring_alone(engine):
         np.testing.assert_allclose(shared.logprobs, alone.logprobs, atol=1e-5)
         np.testing.assert_allclose(shared.entropy, alone.entropy, atol=1e-5)
         np.testing.assert_array_equal(shared.topk_ids, alone.topk_ids)
+
+
+def test_many_groups_in_one_forward_equal_scoring_alone(engine):
+    """Groups with contexts of different lengths share one left-padded forward (masked pad keys,
+    positions counting real tokens): every number equals scoring the item on its own."""
+    rng = np.random.default_rng(2)
+    V = engine.info.vocab_size
+    items = []
+    for context_len in (40, 44, 48):  # within MAX_PAD_RATIO: one pack
+        context = tuple(rng.integers(0, V, context_len).tolist())
+        items += [
+            ScoreItem(context, tuple(rng.integers(0, V, n).tolist()), top_k=2, entropy=True)
+            for n in (0, 1, 10, 12)
+        ]
+    before = engine.stats["prefix_cached_tokens"]
+    together = engine.score_sync(items)
+    assert engine.stats["prefix_cached_tokens"] - before == 3 * (40 + 44 + 48)
+    for item, shared in zip(items, together):
+        alone = engine.score_sync([item])[0]
+        assert len(shared.logprobs) == len(item.target_ids)
+        np.testing.assert_allclose(shared.logprobs, alone.logprobs, atol=1e-5)
+        np.testing.assert_allclose(shared.entropy, alone.entropy, atol=1e-5)
+        np.testing.assert_array_equal(shared.topk_ids, alone.topk_ids)
+
+
+def test_shared_units_pack_under_budget_and_ratio(engine):
+    def unit(context_len, longest, rows=4):
+        return _SharedUnit(tuple(range(context_len)), list(range(rows)), longest)
+
+    # same shapes: one forward; budget 512 holds 3 x 16 + 12 x 20 tokens
+    packs = engine._pack_units([unit(16, 20), unit(16, 20), unit(16, 20)])
+    assert [len(p) for p in packs] == [3]
+    # contexts 16 vs 40: padding would exceed MAX_PAD_RATIO, so two forwards
+    assert [len(p) for p in engine._pack_units([unit(16, 20), unit(40, 20)])] == [1, 1]
+    # over the token budget (2 x 16 + 60 x 10 > 512)
+    assert [len(p) for p in engine._pack_units([unit(16, 10, 30), unit(16, 10, 30)])] == [1, 1]
 
 
 def test_small_budget_splits_but_keeps_numbers(engine, model_path):
