@@ -3,6 +3,7 @@
 Servers are session-scoped subprocesses (``server.launcher.ServerProcess``) running
 ``uvicorn server.app:app`` on the embedded model. ``server`` is parametrised over the backends
 present: ``hf`` always, ``vllm`` when vllm imports (set ``TC_TEST_BACKENDS=hf`` to pick).
+``TC_TEST_DEVICE=cuda`` runs the servers on a GPU (reference numbers stay on the CPU).
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ def start_server(tmp_path_factory, name: str, env: dict[str, str]) -> ServerProc
     log = Path(tmp_path_factory.mktemp(name)) / "server.log"
     base = {
         "TC_MODEL": _model_path(),
-        "TC_DEVICE": "cpu",
+        "TC_DEVICE": os.environ.get("TC_TEST_DEVICE", "cpu"),
         "TC_DTYPE": "float32",
         "TC_LOG_LEVEL": "warning",
     }

@@ -4,6 +4,7 @@ one of them is stopped in the middle of a loop of calls (this module stops the s
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import shutil
 import threading
@@ -17,8 +18,9 @@ import client
 from client import AsyncTeacherClient, RetryPolicy, TeacherClient
 from server.launcher import free_port
 
-# Separate requests may be batched differently, which moves the last float32 bits.
-ATOL = 1e-5
+# Separate requests may be batched differently, which moves the last float32 bits (on a GPU
+# by up to ~2e-5 at |log p| ~ 18: other batch shapes pick other kernels).
+ATOL = 1e-5 if os.environ.get("TC_TEST_DEVICE", "cpu") == "cpu" else 1e-4
 
 RETRY = RetryPolicy(retries=4, backoff_base=0.05, backoff_max=0.5)
 

@@ -6,6 +6,8 @@ ALGORITHMS.md vectors); these tests check the plumbing: contexts, scoring, align
 
 from __future__ import annotations
 
+import os
+
 import httpx
 import numpy as np
 import pytest
@@ -17,6 +19,8 @@ from server.credit import CreditInputs, compute_credit
 PROBLEM = "What is 12+7-5?"
 SOLUTION = "12+7=19. 19-5=14. \\boxed{14}"
 TOL = {"hf": 1e-5, "vllm": 1e-4}  # vLLM's kernels differ from transformers' by ~1e-5
+if os.environ.get("TC_TEST_DEVICE", "cpu") != "cpu":
+    TOL["hf"] = 1e-4  # GPU kernels vs the CPU reference: ~1.5e-5 seen at |log p| ~ 17 on an H100
 TEACHER_METHODS = ["opd", "opsd", "sdpo", "rlsd", "hsd", "antisd", "amrsd"]
 
 
