@@ -43,8 +43,9 @@ from server.settings import Settings
 
 log = logging.getLogger(__name__)
 
-# Floats of one LM-head chunk: rows * vocab <= this (32 MiB of float32).
-HEAD_CHUNK_ELEMENTS = 8 * 1024 * 1024
+# Floats of one LM-head chunk: rows * vocab <= this (32 MiB of float32 on CPU; 512 MiB on a GPU,
+# where each chunk costs kernel launches and a small chunk leaves the device idle).
+HEAD_CHUNK_ELEMENTS = {"cpu": 8 * 1024 * 1024, "cuda": 128 * 1024 * 1024}
 # A context shared by at least this many items, and at least this long, is computed once.
 SHARED_PREFIX_MIN_ITEMS = 2
 SHARED_PREFIX_MIN_TOKENS = 8
@@ -374,26 +375,32 @@ class HFEngine:
             temps_N[start : start + length] = items[i].temperature
             k = max(k, items[i].top_k)
             want_entropy |= items[i].entropy
-        lp_N = torch.empty(N)
-        ent_N = torch.empty(N) if want_entropy else None
-        topv_NK = torch.empty((N, k))
-        topi_NK = torch.empty((N, k), dtype=torch.long)
-        chunk_rows = max(1, HEAD_CHUNK_ELEMENTS // self.info.vocab_size)
-        targets_N = rows.targets_N.to(self.device)
-        temps_N = temps_N.to(self.device)
+        # Results stay on the device until the end: one copy to the host, not one per chunk.
+        dev = self.device
+        lp_N = torch.empty(N, device=dev)
+        ent_N = torch.empty(N, device=dev) if want_entropy else None
+        topv_NK = torch.empty((N, k), device=dev)
+        topi_NK = torch.empty((N, k), dtype=torch.long, device=dev)
+        chunk_rows = max(
+            1, HEAD_CHUNK_ELEMENTS.get(dev, HEAD_CHUNK_ELEMENTS["cpu"]) // self.info.vocab_size
+        )
+        targets_N = rows.targets_N.to(dev)
+        temps_N = temps_N.to(dev)
         for s in range(0, N, chunk_rows):
             e = min(N, s + chunk_rows)
             logits_nV = head(rows.hidden_NH[s:e]).float() / temps_N[s:e, None]  # (n, V)
             logz_n = torch.logsumexp(logits_nV, dim=-1)
-            lp_N[s:e] = (logits_nV.gather(1, targets_N[s:e, None])[:, 0] - logz_n).cpu()
+            lp_N[s:e] = logits_nV.gather(1, targets_N[s:e, None])[:, 0] - logz_n
             if k:
                 v, idx = logits_nV.topk(k, dim=-1)
-                topv_NK[s:e] = (v - logz_n[:, None]).cpu()
-                topi_NK[s:e] = idx.cpu()
+                topv_NK[s:e] = v - logz_n[:, None]
+                topi_NK[s:e] = idx
             if ent_N is not None:
                 # H = -sum p log p, with log p = logit - logZ (no cancellation against logZ)
                 logp_nV = logits_nV - logz_n[:, None]
-                ent_N[s:e] = -(logp_nV.exp() * logp_nV).sum(-1).cpu()
+                ent_N[s:e] = -(logp_nV.exp() * logp_nV).sum(-1)
+        lp_N, topv_NK, topi_NK = lp_N.cpu(), topv_NK.cpu(), topi_NK.cpu()
+        ent_N = ent_N.cpu() if ent_N is not None else None
         for i, start, length in rows.owners:
             item, sl = items[i], slice(start, start + length)
             outputs[i] = ScoreOutput(
