@@ -201,7 +201,7 @@ STUBBED_IMPORT = textwrap.dedent(
     from openrlhf.trainer.ppo_trainer import BasePPOTrainer  # imports the experience maker too
     from openrlhf.trainer.ppo_utils.experience_maker import RemoteExperienceMaker
     for f in (RemoteExperienceMaker.compute_advantages_and_returns, BasePPOTrainer.train_step,
-              BasePPOTrainer.save_logs_and_checkpoints):
+              BasePPOTrainer.save_logs_and_checkpoints, BasePPOTrainer.init_checkpoint_states):
         assert getattr(f, "__tokencredit_wrapped__", False), f
     print("PATCHED")
     """

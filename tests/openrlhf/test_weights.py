@@ -1,5 +1,6 @@
-"""Weight syncing: after OpenRLHF's ``save_logs_and_checkpoints`` wrote an HF checkpoint, the
-teacher loads it (``POST /v1/weights``) and later calls require that version.
+"""Checkpoints: after OpenRLHF's ``save_logs_and_checkpoints`` wrote an HF checkpoint, the
+teacher loads it (``POST /v1/weights``) and later calls require that version; the method state
+(AntiSD's gate) is saved in the checkpoint and restored when a run resumes.
 
 A server of its own (the shared ones must keep weights version 0 for other tests).
 """
@@ -93,3 +94,31 @@ def test_checkpoint_is_loaded_into_the_teacher_and_then_required(
     finally:
         plugin_mod.set_plugin(None)
         credit.client.close()
+
+
+def test_method_state_is_saved_with_the_checkpoint_and_restored_on_resume(orlhf, tmp_path):
+    plugin_mod.patch_trainer(orlhf.ppo_trainer)
+    before = TeacherCredit(PluginConfig(urls=("http://unused:1",), method="antisd"))
+    before.state = {"gate": "open", "warmup_steps_seen": 7}  # opaque to the plugin
+    before.calls = 7
+    plugin_mod.set_plugin(before)
+    ray_get = orlhf.ppo_trainer.ray.get
+    try:
+        trainer = fake_trainer(orlhf, save_steps=2)
+        trainer.args.ckpt.path, trainer.args.ckpt.load_enable = str(tmp_path), True
+        trainer.save_logs_and_checkpoints(2, {}, {"global_step": 2})  # OpenRLHF's own, wrapped
+        saved = trainer.actor_model_group.async_run_method.call_args.kwargs["client_states"]
+        assert saved["global_step"] == 2 and saved["tokencredit"]["calls"] == 7
+
+        # a new process resumes: OpenRLHF reads the actor's checkpoint states back
+        after = TeacherCredit(PluginConfig(urls=("http://unused:1",), method="antisd"))
+        plugin_mod.set_plugin(after)
+        (tmp_path / "_actor").mkdir()
+        trainer.actor_model_group.async_run_method.return_value = [saved]
+        orlhf.ppo_trainer.ray.get = lambda refs: refs  # ray is a stub here
+        states = trainer.init_checkpoint_states()  # OpenRLHF's own, wrapped
+        assert states["global_step"] == 2
+        assert after.state == before.state and after.calls == 7
+    finally:
+        orlhf.ppo_trainer.ray.get = ray_get
+        plugin_mod.set_plugin(None)

@@ -5,7 +5,8 @@ penalties on ``experience.rewards``, group statistics and logs), then replaces `
 ``returns`` with the teacher's per-token advantages of the step's batch: one ``/v1/advantages``
 call through `client.TeacherClient` with the run's ``step`` and the method ``state`` of the
 previous call (AntiSD's gate). Whitening that OpenRLHF applied to its own advantages is
-discarded with them: the teacher's numbers reach the loss unscaled.
+discarded with them: the teacher's numbers reach the loss unscaled. The method state is saved in
+OpenRLHF's checkpoint ``client_states`` and restored from it on resume.
 
 Failures raise. The client's transport retries connection errors, 429 and 502-504 and fails over
 between replicas; when it gives up, its exception ends the step. Nothing here retries, and no
@@ -30,6 +31,8 @@ log = logging.getLogger("tokencredit.openrlhf")
 # train_step wrapper; OpenRLHF does not pass it down).
 STEP_ATTR = "_tokencredit_step"
 WRAPPED = "__tokencredit_wrapped__"
+# Key in OpenRLHF's checkpoint ``client_states``: the method state survives a resume.
+CHECKPOINT_KEY = "tokencredit"
 
 
 class UnsupportedConfig(ValueError):
@@ -91,6 +94,17 @@ class TeacherCredit:
             s.masked_rollouts,
         )
         return result
+
+    def checkpoint_state(self) -> dict[str, Any]:
+        """What a resumed run needs: the method state (AntiSD's gate) and the call count.
+        The weights version is left out: a restarted teacher may serve older weights until the
+        next checkpoint is synced, and requiring the old version would fail every step."""
+        return {"state": self.state, "calls": self.calls}
+
+    def restore(self, saved: dict[str, Any]) -> None:
+        self.state = saved.get("state")
+        self.calls = int(saved.get("calls", 0))
+        log.info("tokencredit: method state restored from the checkpoint (%d calls)", self.calls)
 
     def sync_weights(self, args: Any, global_step: int) -> None:
         """After OpenRLHF saved ``{ckpt.path}/global_step{N}_hf``: load it on every replica."""
@@ -176,12 +190,28 @@ def wrap_train_step(original):
 def wrap_save_logs_and_checkpoints(original):
     @functools.wraps(original)
     def save_logs_and_checkpoints(self, global_step, logs_dict=None, client_states=None):
+        plugin = get_plugin()
+        client_states = dict(client_states or {})  # saved with the actor's checkpoint
+        client_states[CHECKPOINT_KEY] = plugin.checkpoint_state()
         out = original(self, global_step, logs_dict, client_states)
-        get_plugin().sync_weights(self.args, global_step)
+        plugin.sync_weights(self.args, global_step)
         return out
 
     setattr(save_logs_and_checkpoints, WRAPPED, True)
     return save_logs_and_checkpoints
+
+
+def wrap_init_checkpoint_states(original):
+    @functools.wraps(original)
+    def init_checkpoint_states(self):
+        states = original(self)
+        saved = states.get(CHECKPOINT_KEY) if isinstance(states, dict) else None
+        if saved:
+            get_plugin().restore(saved)
+        return states
+
+    setattr(init_checkpoint_states, WRAPPED, True)
+    return init_checkpoint_states
 
 
 def patch_experience_maker(module: Any) -> None:
@@ -193,12 +223,16 @@ def patch_experience_maker(module: Any) -> None:
         )
 
 
+TRAINER_WRAPPERS = {
+    "train_step": wrap_train_step,
+    "save_logs_and_checkpoints": wrap_save_logs_and_checkpoints,
+    "init_checkpoint_states": wrap_init_checkpoint_states,
+}
+
+
 def patch_trainer(module: Any) -> None:
-    """Wrap ``module.BasePPOTrainer.train_step`` and ``save_logs_and_checkpoints`` (idempotent)."""
+    """Wrap ``module.BasePPOTrainer``'s ``TRAINER_WRAPPERS`` methods (idempotent)."""
     cls = module.BasePPOTrainer
-    if not getattr(cls.train_step, WRAPPED, False):
-        cls.train_step = wrap_train_step(cls.train_step)
-    if not getattr(cls.save_logs_and_checkpoints, WRAPPED, False):
-        cls.save_logs_and_checkpoints = wrap_save_logs_and_checkpoints(
-            cls.save_logs_and_checkpoints
-        )
+    for name, wrap in TRAINER_WRAPPERS.items():
+        if not getattr(getattr(cls, name), WRAPPED, False):
+            setattr(cls, name, wrap(getattr(cls, name)))
