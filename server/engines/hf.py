@@ -200,17 +200,20 @@ class HFEngine:
 
     def _split_group(self, order: list[int], items: list[ScoreItem], context_len: int):
         """Split one context's items (sorted by target length) into runs that minimise computed
-        tokens: each run pays its context once plus rows x its longest target (the padding), and
-        fits the budget. Exact dynamic programme over split points; groups are small."""
+        tokens: each run pays its context once plus rows x its longest target (the padding).
+        A run also holds a copy of the context's KV per row, so rows x (context + longest) must
+        fit the budget, as the same rows would unshared. Exact dynamic programme over split
+        points; groups are small."""
         lengths = [len(items[i].target_ids) for i in order]
         budget = self.settings.max_batch_tokens
         best = [0.0] + [float("inf")] * len(order)  # best[j]: cost of the first j items
         cut = [0] * (len(order) + 1)
         for j in range(1, len(order) + 1):
             for i in range(j - 1, -1, -1):  # run = items i..j-1; its longest is lengths[j-1]
-                cost = context_len + (j - i) * lengths[j - 1]
-                if cost > budget and j - i > 1:
+                held = (j - i) * (context_len + lengths[j - 1])  # KV copies + targets
+                if held > budget and j - i > 1:
                     break
+                cost = context_len + (j - i) * lengths[j - 1]
                 if best[i] + cost < best[j]:
                     best[j], cut[j] = best[i] + cost, i
         runs, j = [], len(order)
@@ -220,9 +223,10 @@ class HFEngine:
         return runs[::-1]
 
     def _pack_units(self, units) -> list[list[_SharedUnit]]:
-        """Units sorted by longest target, packed into one forward while the padded cost
-        (groups x longest context + rows x longest target) fits the budget and neither the
-        contexts nor the targets of a pack differ by more than ``MAX_PAD_RATIO``."""
+        """Units sorted by longest target, packed into one forward while what the target forward
+        holds (rows x (longest context + longest target): a KV copy of its context per row) fits
+        the budget and neither the contexts nor the targets of a pack differ by more than
+        ``MAX_PAD_RATIO``."""
         budget = self.settings.max_batch_tokens
         packs: list[list[_SharedUnit]] = []
         pack: list[_SharedUnit] = []
@@ -230,11 +234,11 @@ class HFEngine:
             if pack:
                 contexts = [len(u.context) for u in (*pack, unit)]
                 rows = sum(len(u.members) for u in pack) + len(unit.members)
-                cost = len(contexts) * max(contexts) + rows * unit.longest
+                held = rows * (max(contexts) + unit.longest)
                 ragged = max(contexts) > MAX_PAD_RATIO * min(contexts) or (
                     unit.longest > MAX_PAD_RATIO * max(pack[0].longest, 1)
                 )
-                if cost > budget or ragged:
+                if held > budget or ragged:
                     packs.append(pack)
                     pack = []
             pack.append(unit)
@@ -276,7 +280,9 @@ class HFEngine:
         ids_BT = torch.full((len(seqs), longest), pad, dtype=torch.long)
         for b, seq in enumerate(seqs):
             ids_BT[b, : len(seq)] = torch.tensor(seq)
-        hidden_BTH = _decoder(model)(input_ids=ids_BT.to(self.device)).last_hidden_state
+        hidden_BTH = _decoder(model)(
+            input_ids=ids_BT.to(self.device), use_cache=False
+        ).last_hidden_state
         batch_idx, pos_idx, targets, owners, start = [], [], [], [], 0
         for b, i in enumerate(chunk):
             ctx, tgt = items[i].context_ids, items[i].target_ids

@@ -65,8 +65,19 @@ def test_shared_units_pack_under_budget_and_ratio(engine):
     assert [len(p) for p in packs] == [3]
     # contexts 16 vs 40: padding would exceed MAX_PAD_RATIO, so two forwards
     assert [len(p) for p in engine._pack_units([unit(16, 20), unit(40, 20)])] == [1, 1]
-    # over the token budget (2 x 16 + 60 x 10 > 512)
-    assert [len(p) for p in engine._pack_units([unit(16, 10, 30), unit(16, 10, 30)])] == [1, 1]
+    # together they would hold 60 rows x (16 + 10) tokens of KV and targets: over 512
+    assert [len(p) for p in engine._pack_units([unit(16, 10, 30), unit(16, 10, 8)])] == [1, 1]
+
+
+def test_a_long_shared_context_is_split_so_kv_copies_fit_the_budget(engine):
+    """Each row of a run holds a copy of the context's KV: 8 rows x (200 + 10) tokens would be
+    3.3x the 512-token budget, so the group runs in pieces (recomputing the context is cheaper
+    than running out of memory)."""
+    context = tuple(range(200))
+    items = [ScoreItem(context, tuple(range(10))) for _ in range(8)]
+    runs = engine._split_group(list(range(8)), items, len(context))
+    assert sorted(i for run in runs for i in run) == list(range(8))
+    assert all(len(run) * (200 + 10) <= 512 for run in runs) and len(runs) == 4
 
 
 def test_small_budget_splits_but_keeps_numbers(engine, model_path):
