@@ -38,7 +38,8 @@ class Settings(BaseSettings):
     max_batch_tokens: int = Field(default=16384, ge=1)
     # Requests waiting for the engine before new ones get 429 + Retry-After.
     max_queue: int = Field(default=256, ge=1)
-    # How long the batcher waits for more requests to merge into a batch (milliseconds).
+    # How long the batcher waits for more requests to merge into a batch (milliseconds), only
+    # while another HTTP request is in flight and not yet queued.
     batch_wait_ms: float = Field(default=2.0, ge=0.0)
     # Largest request body in bytes (413 above it).
     max_body_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
