@@ -35,6 +35,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -434,9 +435,11 @@ def run_fault(
     kill_fraction: float = 1 / 3,
     atol: float = 1e-5,
     timeout: float = 60.0,
+    kill: Callable[[], None] | None = None,
 ) -> FaultReport:
     """The fault scenario: reference on ``survivor`` alone, then both replicas with ``victim``
-    SIGKILLed mid-run."""
+    SIGKILLed mid-run, or with ``kill()`` called instead (e.g. to kill only its engine process,
+    leaving the server up to answer 503)."""
     client_kw: dict[str, Any] = {"timeout": Timeout(timeout, connect=5.0)}
     refs, ref_errors = run_calls([survivor.url], requests, len(requests), concurrency, **client_kw)
     if ref_errors:
@@ -463,8 +466,11 @@ def run_fault(
             if in_flight >= 1:
                 break
             time.sleep(0.005)
-        victim.proc.send_signal(signal.SIGKILL)
-        victim.proc.wait(30)
+        if kill is None:
+            victim.proc.send_signal(signal.SIGKILL)
+            victim.proc.wait(30)
+        else:
+            kill()
         with lock:
             report.killed_after = completed
         report.in_flight_at_kill = in_flight

@@ -73,9 +73,22 @@ def json_path(loc: Sequence[str | int]) -> str | None:
     return path or None
 
 
-def _validation_response(exc: RequestValidationError) -> JSONResponse:
+def _validation_response(request: Request, exc: RequestValidationError) -> JSONResponse:
     errors = exc.errors()
     first = errors[0] if errors else {"loc": (), "msg": "invalid request", "type": "value_error"}
+    content_type = request.headers.get("content-type", "")
+    if tuple(first.get("loc", ())) == ("body",) and "json" not in content_type.lower():
+        # FastAPI reads a body without a JSON content type as a string, and would report
+        # "Input should be a valid dictionary": name the real problem instead.
+        sent = content_type or "none"
+        return JSONResponse(
+            status_code=415,
+            content=error_body(
+                "unsupported_media_type",
+                f"send the body as JSON with 'Content-Type: application/json' (got: {sent})",
+                "Content-Type",
+            ),
+        )
     if first.get("type") == "json_invalid":
         return JSONResponse(
             status_code=400,
@@ -101,7 +114,7 @@ def _validation_response(exc: RequestValidationError) -> JSONResponse:
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def on_validation(request: Request, exc: RequestValidationError):
-        return _validation_response(exc)
+        return _validation_response(request, exc)
 
     @app.exception_handler(ServiceError)
     async def on_service_error(request: Request, exc: ServiceError):
@@ -122,8 +135,10 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def on_unexpected(request: Request, exc: Exception):
+        # Normally caught by ServiceMiddleware first (inside the request's log context); this
+        # handler serves apps used without it.
         log.exception("unhandled error")
         return JSONResponse(
             status_code=500,
-            content=error_body("internal_error", "internal server error; see server logs"),
+            content=error_body("internal_error", "internal server error; see the server log"),
         )

@@ -63,7 +63,7 @@ class ServerProcess:
             "--port",
             str(self.port),
         ]
-        cmd += ["--timeout-graceful-shutdown", env.get("TC_DRAIN_SECONDS", "30")]
+        cmd += ["--timeout-graceful-shutdown", env.get("TC_DRAIN_SECONDS", "30"), "--no-access-log"]
         self.proc = subprocess.Popen(
             cmd, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=REPO_ROOT
         )

@@ -50,6 +50,15 @@ class Metrics:
         self.weights_version = Gauge(
             "tokencredit_weights_version", "Loaded weights version", registry=r
         )
+        self.engine_failures = Counter(
+            "tokencredit_engine_failures",
+            "Engine failures (deadline: a call hung; died: the engine broke)",
+            ["kind"],
+            registry=r,
+        )
+        self.engine_up = Gauge(
+            "tokencredit_engine_up", "1 while the engine serves, 0 once it failed", registry=r
+        )
         self.rejected = Counter(
             "tokencredit_rejected", "Requests rejected with 429 (queue full)", registry=r
         )

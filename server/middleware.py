@@ -1,7 +1,13 @@
-"""ASGI middleware: request ids, body size limit, per-route metrics.
+"""ASGI middleware: request ids, body size limit, per-route metrics, access log, last-resort 500.
 
 Pure ASGI (not ``BaseHTTPMiddleware``) so a large body is rejected while it streams in, before
 it is buffered, and nothing wraps the response body.
+
+Request ids: a caller's ``X-Request-Id`` is kept when it is 1-128 characters of
+``[A-Za-z0-9._:-]`` (anything else, e.g. a forged log line, gets a fresh id), echoed in the
+response header, and carried by every log line of the request: the access line
+(``server.access``; run uvicorn with ``--no-access-log``, whose own line cannot carry it) and the
+traceback of an unhandled error, whose 500 body names the id to search for.
 """
 
 from __future__ import annotations
@@ -9,6 +15,7 @@ from __future__ import annotations
 import contextvars
 import json
 import logging
+import re
 import time
 import uuid
 
@@ -16,6 +23,16 @@ from server.errors import error_body
 from server.metrics import Metrics
 
 request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
+access_log = logging.getLogger("server.access")
+log = logging.getLogger(__name__)
+
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+
+
+def request_id_from(headers: dict[bytes, bytes]) -> str:
+    """The caller's ``X-Request-Id`` when it is safe to log as is, else a fresh one."""
+    given = headers.get(b"x-request-id", b"").decode("latin-1")
+    return given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
 
 
 class RequestIdFilter(logging.Filter):
@@ -40,7 +57,7 @@ class ServiceMiddleware:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         headers = dict(scope.get("headers") or [])
-        request_id = headers.get(b"x-request-id", b"").decode("latin-1")[:128] or uuid.uuid4().hex
+        request_id = request_id_from(headers)
         token = request_id_var.set(request_id)
         started = time.perf_counter()
         status = 500
@@ -52,7 +69,7 @@ class ServiceMiddleware:
             await self._send_error(
                 send, 413, request_id, f"request body over {limit} bytes (TC_MAX_BODY_BYTES)"
             )
-            self._observe(scope, status, started)
+            self._observe(scope, status, started, received=0)
             request_id_var.reset(token)
             return
 
@@ -100,21 +117,48 @@ class ServiceMiddleware:
             await self.app(scope, limited_receive, send_with_id)
         except _BodyTooLarge:
             pass  # the 413 was sent by limited_receive (or a response had already started)
+        except Exception:
+            # Caught here, inside the request's context, so the traceback carries the request id
+            # (the framework's own handler runs outside it and logs the error a second time).
+            status = 500
+            log.exception("unhandled error")
+            if not response_started:
+                await self._send_error(
+                    send,
+                    500,
+                    request_id,
+                    f"internal server error; search the server log for request id {request_id}",
+                    type="internal_error",
+                )
         finally:
             self.metrics.in_flight.dec()
             self.metrics.requests_in_flight -= 1
-            self._observe(scope, status, started)
+            self._observe(scope, status, started, received)
             request_id_var.reset(token)
 
-    def _observe(self, scope, status: int, started: float) -> None:
+    def _observe(self, scope, status: int, started: float, received: int) -> None:
+        elapsed = time.perf_counter() - started
         route = scope.get("route")
         path = getattr(route, "path", None) or "unmatched"
         self.metrics.requests.labels(path, str(status)).inc()
-        self.metrics.latency.labels(path, str(status)).observe(time.perf_counter() - started)
+        self.metrics.latency.labels(path, str(status)).observe(elapsed)
+        client = scope.get("client") or ("-", 0)
+        access_log.info(
+            '%s:%s "%s %s" %d %dB %.1fms',
+            client[0],
+            client[1],
+            scope.get("method", "-"),
+            scope.get("path", "-").encode("unicode_escape").decode("ascii"),  # no forged lines
+            status,
+            received,
+            elapsed * 1000,
+        )
 
     @staticmethod
-    async def _send_error(send, status: int, request_id: str, message: str) -> None:
-        body = json.dumps(error_body("payload_too_large", message)).encode()
+    async def _send_error(
+        send, status: int, request_id: str, message: str, type: str = "payload_too_large"
+    ) -> None:
+        body = json.dumps(error_body(type, message)).encode()
         await send(
             {
                 "type": "http.response.start",

@@ -12,8 +12,8 @@ import logging
 import time
 
 from server.batcher import Batcher
+from server.engine_guard import EngineUnavailable, GuardedEngine
 from server.engines import create_engine
-from server.engines.base import TeacherEngine
 from server.errors import ServiceError
 from server.metrics import Metrics
 from server.settings import Settings
@@ -27,7 +27,7 @@ class Runtime:
         self.settings = settings
         self.metrics = Metrics()
         self.gate = WeightsGate()
-        self.engine: TeacherEngine | None = None
+        self.engine: GuardedEngine | None = None
         self.batcher: Batcher | None = None
         self.load_error: str | None = None
         self.draining = False
@@ -51,9 +51,11 @@ class Runtime:
             self.load_error = f"{type(exc).__name__}: {exc}"
             log.exception("model load failed")
             return
-        self.engine = engine
+        guarded = GuardedEngine(engine, self.metrics, self.settings.engine_call_timeout)
+        guarded.start_watch(self.settings.engine_watch_seconds)
+        self.engine = guarded
         batcher = Batcher(
-            engine,
+            guarded,
             self.metrics,
             max_batch_tokens=self.settings.max_batch_tokens,
             max_queue=self.settings.max_queue,
@@ -82,7 +84,11 @@ class Runtime:
         if self.engine:
             await self.engine.close()
 
-    def require_engine(self) -> tuple[TeacherEngine, Batcher]:
+    @property
+    def engine_failure(self) -> str | None:
+        return self.engine.failure if self.engine is not None else None
+
+    def require_engine(self) -> tuple[GuardedEngine, Batcher]:
         if self.engine is None or self.batcher is None:
             if self.load_error:
                 raise ServiceError(
@@ -91,6 +97,8 @@ class Runtime:
             raise ServiceError(
                 503, "model is loading", type="not_ready", headers={"Retry-After": "5"}
             )
+        if self.engine.failure is not None:
+            raise EngineUnavailable(self.engine.failure)
         if self.draining:
             raise ServiceError(
                 503, "server is shutting down", type="shutting_down", headers={"Retry-After": "1"}

@@ -58,6 +58,13 @@ class Settings(BaseSettings):
     # KV-cache reuse across a group's shared prefix (exactness is tested; see docs).
     enable_prefix_caching: bool = True
 
+    # ---- Engine health --------------------------------------------------------------------
+    # Deadline of one engine call (a batch forward, a generation, a weights swap), in seconds.
+    # A call past it is a hung engine: the replica answers 503 and fails /healthz from then on.
+    engine_call_timeout: float = Field(default=300.0, gt=0.0)
+    # How often the engine's own health (e.g. vLLM's core process) is polled, in seconds.
+    engine_watch_seconds: float = Field(default=1.0, gt=0.0)
+
     # ---- Operations -----------------------------------------------------------------------
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     # Seconds SIGTERM waits for in-flight requests before the process exits.

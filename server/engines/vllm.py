@@ -173,6 +173,7 @@ class VLLMEngine:
             seed=0,
             disable_log_stats=True,
             worker_extension_cls=f"{__name__}.WorkerExtension",
+            **_unsplit_prefill_args(device, engine_len),
         )
         # Built on the running loop: AsyncLLM binds its output handler to it.
         llm = AsyncLLM.from_engine_args(args)
@@ -397,6 +398,12 @@ class VLLMEngine:
 
     # ---- lifecycle ----------------------------------------------------------------------------
 
+    def health_error(self) -> str | None:
+        """Why the engine can no longer serve (its core process died), or None while it can."""
+        if self._llm.errored:
+            return "the vLLM engine core process died"
+        return None
+
     async def warmup(self) -> None:
         ids = (0, 1, 2, 3)
         await self.score([ScoreItem(ids[:2], ids[2:], top_k=min(1, self.info.max_top_k))])
@@ -458,6 +465,22 @@ def topk_entropy_lower_bound(
 
 def _vllm_device() -> str:
     return "cpu" if current_platform.device_type == "cpu" else "cuda"
+
+
+def _unsplit_prefill_args(device: str, engine_len: int) -> dict[str, Any]:
+    """Scheduler settings under which vLLM never splits a prompt's prefill across steps, on CPU.
+
+    A split prefill samples a token it then discards, and vLLM rewinds that request's seeded
+    generator with ``Generator.set_offset``, which CPU generators do not implement: the worker
+    raises "CPU Generator does not use offset" and the engine core dies. It happens as soon as
+    seeded requests (hints, sampled completions) together exceed one step's token budget. With
+    chunked prefill off, a prompt is scheduled whole or waits for the next step, so nothing is
+    ever discarded, and the budget must then hold the longest prompt. CUDA generators do keep
+    offsets, so GPUs keep vLLM's defaults (chunked prefill and its budget).
+    """
+    if device != "cpu":
+        return {}
+    return {"enable_chunked_prefill": False, "max_num_batched_tokens": max(engine_len, 2048)}
 
 
 def _set_cpu_env_defaults() -> None:

@@ -14,14 +14,20 @@ from proto import (
     TokenizeResponse,
 )
 from server.auth import require_api_key
+from server.engine_guard import EngineUnavailable
 from server.errors import ServiceError
 from server.routes import ERRORS
 
 router = APIRouter()
 
 
-@router.get("/healthz", response_model=HealthResponse)
-async def healthz() -> HealthResponse:
+@router.get("/healthz", response_model=HealthResponse, responses=ERRORS)
+async def healthz(request: Request) -> HealthResponse:
+    # Liveness: the process answers, and its engine has not failed (a dead engine core or a hung
+    # forward never recovers in-process, so the orchestrator should restart the pod).
+    failure = request.app.state.runtime.engine_failure
+    if failure is not None:
+        raise EngineUnavailable(failure)
     return HealthResponse()
 
 

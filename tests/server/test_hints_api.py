@@ -430,3 +430,47 @@ def test_max_tokens_over_model_len(server):
 def test_stale_weights_is_409(server):
     res = post(server, request_body(min_weights_version=10**6))
     assert res.status_code == 409 and res.json()["error"]["field"] == "min_weights_version"
+
+
+# ---- many seeded rollouts at once (regression: this killed the vLLM CPU engine) -------------------
+
+
+def big_hints_request(rollouts: int) -> dict:
+    """``rollouts`` sampled reflections of ~100-token prompts: over one scheduler step's budget."""
+    steps = " ".join(f"{i}+{i}={2 * i}." for i in range(12))
+    return {
+        "groups": [
+            {
+                "problem": PROBLEM,
+                "reference_answer": "14",
+                "rollouts": [
+                    {"text": f"{steps} \\boxed{{{14 + i % 2}}}", "correct": i % 2 == 0}
+                    for i in range(rollouts)
+                ],
+            }
+        ],
+        "max_tokens": 8,
+        "temperature": 1.0,
+        "seed": 0,
+    }
+
+
+def test_forty_seeded_rollouts_in_one_call(server):
+    r = httpx.post(server.url + "/v1/hints", json=big_hints_request(40), timeout=300)
+    assert r.status_code == 200, r.text
+    assert len(r.json()["groups"][0]["reflections"]) == 40
+    again = httpx.post(server.url + "/v1/hints", json=big_hints_request(40), timeout=300)
+    assert again.json()["groups"] == r.json()["groups"], "seeded: the same call, the same text"
+    assert httpx.get(server.url + "/readyz", timeout=10).status_code == 200
+
+
+def test_concurrent_hints_and_scoring(server):
+    async def mix():
+        async with httpx.AsyncClient(base_url=server.url, timeout=300) as client:
+            score = {"sequences": [{"context_ids": [5] * 150, "target_ids": [6] * 150}] * 4}
+            calls = [client.post("/v1/hints", json=big_hints_request(24)) for _ in range(2)]
+            calls += [client.post("/v1/logprobs", json=score) for _ in range(4)]
+            return await asyncio.gather(*calls)
+
+    answers = asyncio.run(mix())
+    assert [a.status_code for a in answers] == [200] * 6, [a.text[:200] for a in answers]
