@@ -36,7 +36,9 @@ const api = (() => {
     if (apiKey()) headers.authorization = `Bearer ${apiKey()}`;
     let response;
     try {
-      response = await fetch(path, {
+      // location.origin, not a relative path: a page opened as http://user:key@host/ui has
+      // credentials in its URL, and fetch refuses URLs that carry credentials.
+      response = await fetch(location.origin + path, {
         method: verb,
         headers,
         body: body === undefined ? undefined : JSON.stringify(body),
@@ -135,14 +137,23 @@ const api = (() => {
   async function sample(problem, n, temperature, seed) {
     const prompt = await studentPromptIds(problem);
     const info = await model();
-    const out = await call("POST", "/v1/completions", {
-      model: info.model,
-      prompt: [prompt],
-      n,
-      temperature,
-      seed,
-      max_tokens: 128,
-    });
+    let out;
+    try {
+      out = await call("POST", "/v1/completions", {
+        model: info.model,
+        prompt: [prompt],
+        n,
+        temperature,
+        seed,
+        max_tokens: 128,
+      });
+    } catch (exc) {
+      if (exc.status !== 404) throw exc;
+      throw new ApiError(exc.route, 404, {
+        type: "not_found",
+        message: "this server has no sampling route (POST /v1/completions); paste rollouts or load the demo",
+      });
+    }
     return out.choices.map((choice) => ({ text: choice.text }));
   }
 

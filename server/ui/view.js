@@ -77,6 +77,13 @@ const view = (() => {
     for (const [k, v] of Object.entries(attrs)) {
       if (k === "class") node.className = v;
       else if (k === "text") node.textContent = v;
+      else if (k === "style") {
+        // Through the CSSOM: the page's Content-Security-Policy forbids style attributes.
+        for (const rule of v.split(";")) {
+          const at = rule.indexOf(":");
+          if (at > 0) node.style.setProperty(rule.slice(0, at).trim(), rule.slice(at + 1).trim());
+        }
+      }
       else node.setAttribute(k, v);
     }
     for (const c of children) if (c) node.append(c);
