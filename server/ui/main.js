@@ -53,6 +53,8 @@ const explorer = (() => {
 
   function drawMethodBoxes(methods) {
     const box = $("methods");
+    const shown = [...box.querySelectorAll("input")].map((i) => i.value);
+    if (shown.join() === methods.join()) return; // keep the user's choice and the elements
     const checked = new Set(box.querySelector("input") ? selectedMethods() : DEFAULT_METHODS);
     box.querySelectorAll("label").forEach((l) => l.remove());
     for (const m of methods) {

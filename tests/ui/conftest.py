@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
-from pathlib import Path
+from types import SimpleNamespace
 from urllib.parse import urlsplit
 
 import pytest
@@ -106,5 +106,13 @@ def wait(driver, seconds: float) -> WebDriverWait:
     return WebDriverWait(driver, seconds, poll_frequency=0.1)
 
 
-def screenshot_path() -> Path:
-    return Path(__file__).resolve().parents[2] / "docs" / "figures" / "credit_explorer.png"
+@pytest.fixture(scope="session")
+def ui():
+    """The helpers above, for the test modules (a conftest is not importable by name)."""
+    return SimpleNamespace(
+        api_key=API_KEY,
+        open_page=open_page,
+        requested_urls=requested_urls,
+        wait=wait,
+        page_url=page_url,
+    )
