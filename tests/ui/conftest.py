@@ -43,10 +43,8 @@ def ui_server(tmp_path_factory):
     proc.stop()
 
 
-@pytest.fixture(scope="session")
-def chromium():
-    """One headless Chromium for the module's tests, with a fresh profile."""
-    profile = tempfile.mkdtemp(prefix="tc-ui-chromium-")
+def launch_chromium(profile: str, width: int = 1500, height: int = 1100) -> webdriver.Chrome:
+    """Debian's headless Chromium with a fresh profile, through Debian's chromedriver."""
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
     for flag in (
@@ -59,8 +57,9 @@ def chromium():
         "--disable-component-update",
         "--disable-sync",
         "--disable-dev-shm-usage",
-        "--window-size=1500,1100",
-        # Offline by construction: any other host fails to resolve (and is still logged below).
+        "--force-device-scale-factor=1",
+        f"--window-size={width},{height}",
+        # Offline by construction: any other host fails to resolve (and is still logged).
         "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1",
         f"--user-data-dir={profile}",
     ):
@@ -68,15 +67,23 @@ def chromium():
     options.set_capability("goog:loggingPrefs", {"performance": "ALL", "browser": "ALL"})
     driver = webdriver.Chrome(options=options, service=Service(executable_path=CHROMEDRIVER))
     driver.set_page_load_timeout(60)
+    return driver
+
+
+@pytest.fixture(scope="session")
+def chromium():
+    """One headless Chromium for the session's UI tests."""
+    profile = tempfile.mkdtemp(prefix="tc-ui-chromium-")
+    driver = launch_chromium(profile)
     yield driver
     driver.quit()
     shutil.rmtree(profile, ignore_errors=True)
 
 
-def page_url(server, key: str = API_KEY) -> str:
+def page_url(server, key: str | None = API_KEY) -> str:
     """The page's URL with the key as the Basic password (what a browser's login prompt sends)."""
     host = urlsplit(server.url).netloc
-    return f"http://explorer:{key}@{host}/ui"
+    return f"http://explorer:{key}@{host}/ui" if key else f"http://{host}/ui"
 
 
 def requested_urls(driver) -> list[str]:
@@ -89,13 +96,14 @@ def requested_urls(driver) -> list[str]:
     return urls
 
 
-def open_page(driver, server) -> None:
+def open_page(driver, server, key: str | None = API_KEY) -> None:
     """Load /ui, give the page its key (the key field), and wait for the method list."""
-    driver.get(page_url(server))
-    key = driver.find_element("id", "api-key")
-    key.clear()
-    key.send_keys(API_KEY)
-    driver.execute_script("arguments[0].dispatchEvent(new Event('change'))", key)
+    driver.get(page_url(server, key))
+    if key:
+        field = driver.find_element("id", "api-key")
+        field.clear()
+        field.send_keys(key)
+        driver.execute_script("arguments[0].dispatchEvent(new Event('change'))", field)
     wait(driver, 30).until(
         lambda d: "model " in d.find_element("id", "status").text,
         message="the page never showed the model (GET /v1/model)",
