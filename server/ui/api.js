@@ -119,14 +119,18 @@ const api = (() => {
     return (await call("POST", "/get_reward", body)).rewards;
   }
 
-  /** POST /v1/advantages: per-token credit for one method, with the per-token details. */
-  function advantages(method, group, seed) {
-    return call("POST", "/v1/advantages", {
-      method,
-      seed,
-      return_details: true,
-      groups: [group],
-    });
+  /** The /v1/advantages request for one method and one group, with the per-token details;
+   *  `params` (the method's overrides) and `step` (annealing) are sent only when set. */
+  function advantagesRequest(method, group, { seed = 0, params = null, step = 0 } = {}) {
+    const body = { method, seed, return_details: true, groups: [group] };
+    if (params && Object.keys(params).length) body.params = params;
+    if (step) body.step = step;
+    return body;
+  }
+
+  /** POST /v1/advantages: per-token credit, advantages and details per rollout, stats. */
+  function advantages(body) {
+    return call("POST", "/v1/advantages", body);
   }
 
   /**
@@ -166,6 +170,7 @@ const api = (() => {
     studentPromptIds,
     tokenLabels,
     rewards,
+    advantagesRequest,
     advantages,
     sample,
   };

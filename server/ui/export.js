@@ -10,6 +10,7 @@ const exporter = (() => {
   const LEFT = 130; // the rollout labels
   const PAD = 16;
   const CHIP_H = 20;
+  const NOTE_H = 18; // the teacher-context line under a cell's chips
 
   /** Token chips of one cell laid out in `width`: [{x, y, w, text, t}], and the height used. */
   function layoutChips(ctx, labels, width) {
@@ -30,6 +31,25 @@ const exporter = (() => {
     return { chips, height: y + CHIP_H };
   }
 
+  /** One line on the teacher context of rollout i under a method: peer, mask, AMR-SD reflection. */
+  function contextLine(result, i) {
+    const d = result.groups[0].rollouts[i].details;
+    if (!d) return "";
+    const bits = [];
+    if (d.peer_index !== null && d.peer_index !== undefined) bits.push(`peer #${d.peer_index}`);
+    if (d.masked) bits.push("masked");
+    if (d.reflection) bits.push(`<${d.reflection.kind}> ${d.reflection.text || "∅"}`);
+    return bits.join(" · ");
+  }
+
+  /** `text` cut with "…" to fit `width` in the current font. */
+  function fit(ctx, text, width) {
+    if (ctx.measureText(text).width <= width) return text;
+    let n = text.length;
+    while (n > 0 && ctx.measureText(`${text.slice(0, n)}…`).width > width) n--;
+    return `${text.slice(0, n)}…`;
+  }
+
   /** A canvas with the same content as the view: stats per method, then one band per rollout. */
   function renderCanvas(state, pixelRatio = 2) {
     const methods = state.methods.filter((m) => state.results[m]);
@@ -40,7 +60,7 @@ const exporter = (() => {
     const inner = COLUMN - 2 * PAD;
     const bands = state.group.rollouts.map((rollout, i) => {
       const cells = methods.map(() => layoutChips(probe, state.labels[i], inner));
-      return { cells, height: Math.max(...cells.map((c) => c.height)) + 2 * PAD };
+      return { cells, height: Math.max(...cells.map((c) => c.height)) + NOTE_H + 2 * PAD };
     });
     const headerH = 96;
     const width = LEFT + methods.length * COLUMN + PAD;
@@ -114,6 +134,10 @@ const exporter = (() => {
           ctx.fillStyle = "#111";
           ctx.fillText(chip.text, x0 + chip.x + 3, y0 + chip.y + CHIP_H / 2 + 1);
         }
+        ctx.font = SMALL_FONT;
+        ctx.fillStyle = "#6639ba";
+        const note = contextLine(state.results[m], i);
+        ctx.fillText(fit(ctx, note, inner), x0, y0 + band.cells[c].height + NOTE_H / 2 + 4);
       });
       y += band.height;
     });

@@ -108,6 +108,22 @@ const explorer = (() => {
     return rollouts;
   }
 
+  /** {method: {name: value}} from the params field; an unknown name is the server's 422. */
+  function readParams() {
+    const text = $("params").value.trim();
+    if (!text) return {};
+    let params;
+    try {
+      params = JSON.parse(text);
+    } catch (exc) {
+      throw new Error(`Params: not valid JSON (${exc.message})`);
+    }
+    if (typeof params !== "object" || params === null || Array.isArray(params)) {
+      throw new Error('Params: give an object per method, e.g. {"hsd": {"mix": 0.5}}');
+    }
+    return params;
+  }
+
   /** The group as /v1/advantages takes it, plus the token texts: tokenize, label, verify. */
   async function buildGroup() {
     const problem = $("problem").value.trim();
@@ -157,17 +173,19 @@ const explorer = (() => {
     }
     $("run").disabled = true;
     try {
+      const params = readParams();
       const { group, labels } = await buildGroup();
       const seed = Number($("seed").value) || 0;
+      const step = Number($("step").value) || 0;
       setStatus(`POST /v1/advantages × ${methods.length}…`);
       const results = {};
       const requests = {};
       const errors = {};
       await Promise.all(
         methods.map(async (m) => {
-          requests[m] = { method: m, seed, return_details: true, groups: [group] };
+          requests[m] = api.advantagesRequest(m, group, { seed, step, params: params[m] });
           try {
-            results[m] = await api.advantages(m, group, seed);
+            results[m] = await api.advantages(requests[m]);
           } catch (exc) {
             errors[m] = messageOf(exc);
           }

@@ -240,6 +240,13 @@ def test_api_errors_are_shown_as_readable_messages(ui, demo_page, ui_server):
     compute(ui, driver)
     assert "Rollouts: not valid JSON" in error.text
 
+    driver.find_element("id", "demo").click()
+    params = driver.find_element("id", "params")
+    params.send_keys('{"hsd": {"mixx": 0.5}}')
+    compute(ui, driver)
+    assert "POST /v1/advantages → 422" in error.text and "mixx" in error.text
+    params.clear()
+
     # Without a key the server's 401 is the message.
     driver.execute_script("sessionStorage.clear()")
     driver.refresh()
