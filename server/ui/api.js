@@ -140,11 +140,10 @@ const api = (() => {
    */
   async function sample(problem, n, temperature, seed) {
     const prompt = await studentPromptIds(problem);
-    const info = await model();
     let out;
     try {
+      // No "model": vLLM's completions default to the served model.
       out = await call("POST", "/v1/completions", {
-        model: info.model,
         prompt: [prompt],
         n,
         temperature,
@@ -152,7 +151,8 @@ const api = (() => {
         max_tokens: 128,
       });
     } catch (exc) {
-      if (exc.status !== 404) throw exc;
+      // Starlette's "Not Found" is a route this server lacks (not, say, an unknown model).
+      if (exc.status !== 404 || exc.error.message !== "Not Found") throw exc;
       throw new ApiError(exc.route, 404, {
         type: "not_found",
         message: "this server has no sampling route (POST /v1/completions); paste rollouts or load the demo",

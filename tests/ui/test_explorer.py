@@ -178,12 +178,17 @@ def test_numbers_shown_for_a_token_equal_the_api(ui, demo_page, ui_server):
             )
             ActionChains(driver).move_to_element(chip).perform()
             tip = driver.find_element("id", "tooltip")
-            ui.wait(driver, 5).until(lambda d, tip=tip: tip.is_displayed())
 
             def field(name, tip=tip):
                 return tip.find_element("css selector", f'[data-field="{name}"]').text
 
-            assert field("method") == m and f"t {t}" in field("token")
+            def shows_this_chip(d, m=m, i=i, t=t, tip=tip, field=field):
+                return tip.is_displayed() and (
+                    field("method") == m and field("token").endswith(f"rollout #{i} · t {t}")
+                )
+
+            ui.wait(driver, 5).until(shows_this_chip, message=f"no tooltip for {m} #{i} t {t}")
+
             want = api.json()["groups"][0]["rollouts"][i]
             pairs = {
                 "advantage": want["advantages"][t],
