@@ -76,7 +76,8 @@ const explorer = (() => {
       setStatus(`model ${info.model.split("/").pop()} · ${info.backend} · ${info.device} · weights v${info.weights_version}`);
       showError([]);
     } catch (exc) {
-      showError([messageOf(exc)]);
+      const hint = exc.status === 401 || exc.status === 403 ? " (enter the API key above)" : "";
+      showError([messageOf(exc) + hint]);
     }
   }
 
