@@ -13,7 +13,7 @@ from fastapi import FastAPI
 
 from server.errors import install_error_handlers
 from server.middleware import RequestIdFilter, ServiceMiddleware
-from server.routes import credit, hints, meta, reward, scoring, weights
+from server.routes import credit, hints, meta, reward, scoring, ui, weights
 from server.runtime import Runtime
 from server.settings import Settings, get_settings
 
@@ -60,6 +60,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     for module in (meta, scoring, credit, hints, weights, reward):
         app.include_router(module.router)
+    if settings.ui:
+        app.include_router(ui.router)
     app.add_middleware(
         ServiceMiddleware, metrics=runtime.metrics, max_body_bytes=settings.max_body_bytes
     )

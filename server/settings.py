@@ -69,6 +69,8 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     # Seconds SIGTERM waits for in-flight requests before the process exits.
     drain_seconds: float = Field(default=30.0, ge=0.0)
+    # Serve the credit explorer page at GET /ui (docs/ui.md); off by default.
+    ui: bool = False
 
     @model_validator(mode="after")
     def check_combinations(self) -> Settings:
