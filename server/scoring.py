@@ -50,6 +50,8 @@ def to_engine_items(request: LogprobsRequest, info: EngineInfo) -> list[ScoreIte
         check_ids(seq.context_ids, info.vocab_size, f"sequences[{i}].context_ids")
         check_ids(seq.target_ids, info.vocab_size, f"sequences[{i}].target_ids")
         check_length(len(seq.context_ids) + len(seq.target_ids), info, f"sequences[{i}]")
+        if seq.candidate_ids is not None:
+            check_candidates(seq.candidate_ids, info, f"sequences[{i}].candidate_ids")
         items.append(
             ScoreItem(
                 context_ids=tuple(seq.context_ids.tolist()),
@@ -57,9 +59,26 @@ def to_engine_items(request: LogprobsRequest, info: EngineInfo) -> list[ScoreIte
                 top_k=request.top_k,
                 entropy=request.entropy,
                 temperature=request.temperature,
+                candidate_ids=tuple(map(tuple, seq.candidate_ids.tolist()))
+                if seq.candidate_ids is not None
+                else (),
             )
         )
     return items
+
+
+def check_candidates(candidate_ids: np.ndarray, info: EngineInfo, field: str) -> None:
+    """Candidate scoring needs every candidate's logit: the hf engine has them; vLLM's prompt
+    log-probs hold only the top k and the actual token, so it cannot answer exactly (400)."""
+    if info.backend != "hf":
+        raise ServiceError(
+            400,
+            f"{field}: candidate scoring needs the hf backend (vLLM returns prompt log-probs of "
+            "its own top-k only, so scores of caller-chosen ids would not be exact)",
+            type="unsupported_parameter",
+            field=field,
+        )
+    check_ids(candidate_ids.reshape(-1), info.vocab_size, field)
 
 
 async def score_items(runtime: Runtime, items: list[ScoreItem]) -> list[ScoreOutput]:
@@ -73,16 +92,23 @@ async def score_items(runtime: Runtime, items: list[ScoreItem]) -> list[ScoreOut
         ) from exc
 
 
-def encode_scores(output: ScoreOutput, encoding: str) -> dict[str, Any]:
+def encode_scores(output: ScoreOutput, encoding: str, candidates: bool = False) -> dict[str, Any]:
     def enc(a):
         return None if a is None else encode_array(a, encoding)
 
-    return {
+    body = {
         "logprobs": enc(output.logprobs),
         "entropy": enc(output.entropy),
         "topk_ids": enc(output.topk_ids),
         "topk_logprobs": enc(output.topk_logprobs),
     }
+    if candidates:  # an empty target has no rows, and the engine then returns no arrays
+        L = len(output.logprobs)
+        cand = output.candidate_logprobs
+        tail = output.candidate_tail
+        body["candidate_logprobs"] = enc(cand if cand is not None else np.zeros((L, 0), np.float32))
+        body["candidate_tail"] = enc(tail if tail is not None else np.zeros(L, np.float32))
+    return body
 
 
 async def logprobs(runtime: Runtime, request: LogprobsRequest) -> dict[str, Any]:
@@ -93,7 +119,10 @@ async def logprobs(runtime: Runtime, request: LogprobsRequest) -> dict[str, Any]
     return {
         "weights_version": version,
         "entropy_kind": engine.info.entropy_kind,
-        "results": [encode_scores(o, request.encoding) for o in outputs],
+        "results": [
+            encode_scores(o, request.encoding, seq.candidate_ids is not None)
+            for o, seq in zip(outputs, request.sequences)
+        ],
         "usage": {
             "sequences": len(items),
             "target_tokens": sum(len(it.target_ids) for it in items),

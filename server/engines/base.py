@@ -25,6 +25,12 @@ class ScoreItem:
     top_k: int = 0
     entropy: bool = False
     temperature: float = 1.0
+    # Vocabulary rank of each target token (1 = most likely; vLLM's ``rank``: how many ids have a
+    # log-prob >= the token's own), for OpenAI-style prompt log-probs.
+    ranks: bool = False
+    # Caller-chosen ids to score at each target position: ``len(target_ids)`` rows of C distinct
+    # ids (C >= 1, the same C for every row); () for none.
+    candidate_ids: tuple[tuple[int, ...], ...] = ()
 
     @property
     def num_tokens(self) -> int:
@@ -37,6 +43,9 @@ class ScoreOutput:
     entropy: np.ndarray | None = None  # (L,) float32, nats
     topk_ids: np.ndarray | None = None  # (L, k) int32, most likely first
     topk_logprobs: np.ndarray | None = None  # (L, k) float32
+    ranks: np.ndarray | None = None  # (L,) int32, 1 = most likely
+    candidate_logprobs: np.ndarray | None = None  # (L, C) float32, log p of each candidate id
+    candidate_tail: np.ndarray | None = None  # (L,) float32, log(1 - sum_c p_c)
 
 
 @dataclass(frozen=True)
@@ -52,6 +61,9 @@ class GenerateItem:
 class GenerateOutput:
     token_ids: list[int]
     finish_reason: Literal["stop", "length"]
+    # The eos or stop id that ended a "stop" generation when the engine leaves it out of
+    # ``token_ids`` (hf); None when it is the last of ``token_ids`` (vLLM) or unknown.
+    stop_id: int | None = None
 
 
 @dataclass

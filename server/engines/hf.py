@@ -376,17 +376,35 @@ class HFEngine:
         N = rows.hidden_NH.shape[0]
         temps_N = torch.ones(N)
         k = 0
-        want_entropy = False
+        want_entropy = want_ranks = False
+        C = max(
+            (
+                len(items[i].candidate_ids[0])
+                for i, _, n in rows.owners
+                if n and items[i].candidate_ids
+            ),
+            default=0,
+        )
+        cand_NC = torch.zeros((N, C), dtype=torch.long)  # candidate ids, rows padded by repeats
         for i, start, length in rows.owners:
             temps_N[start : start + length] = items[i].temperature
             k = max(k, items[i].top_k)
             want_entropy |= items[i].entropy
+            want_ranks |= items[i].ranks
+            if C and length and items[i].candidate_ids:
+                rows_LC = torch.tensor(items[i].candidate_ids, dtype=torch.long)  # (L, c)
+                cand_NC[start : start + length] = rows_LC[:, -1:].expand(length, C)
+                cand_NC[start : start + length, : rows_LC.shape[1]] = rows_LC
         # Results stay on the device until the end: one copy to the host, not one per chunk.
         dev = self.device
         lp_N = torch.empty(N, device=dev)
         ent_N = torch.empty(N, device=dev) if want_entropy else None
         topv_NK = torch.empty((N, k), device=dev)
         topi_NK = torch.empty((N, k), dtype=torch.long, device=dev)
+        rank_N = torch.empty(N, dtype=torch.long, device=dev) if want_ranks else None
+        cand_lp_NC = torch.empty((N, C), device=dev)
+        tail_N = torch.empty(N, device=dev) if C else None
+        cand_NC = cand_NC.to(dev)
         chunk_rows = max(
             1, HEAD_CHUNK_ELEMENTS.get(dev, HEAD_CHUNK_ELEMENTS["cpu"]) // self.info.vocab_size
         )
@@ -396,7 +414,17 @@ class HFEngine:
             e = min(N, s + chunk_rows)
             logits_nV = head(rows.hidden_NH[s:e]).float() / temps_N[s:e, None]  # (n, V)
             logz_n = torch.logsumexp(logits_nV, dim=-1)
-            lp_N[s:e] = logits_nV.gather(1, targets_N[s:e, None])[:, 0] - logz_n
+            target_n1 = logits_nV.gather(1, targets_N[s:e, None])  # (n, 1)
+            lp_N[s:e] = target_n1[:, 0] - logz_n
+            if rank_N is not None:
+                # vLLM's rank: how many ids score at least as high as the target (1 = argmax)
+                rank_N[s:e] = (logits_nV >= target_n1).sum(-1)
+            if C:
+                cand_lp_NC[s:e] = logits_nV.gather(1, cand_NC[s:e]) - logz_n[:, None]
+                # Tail mass outside the candidates, log(1 - sum_c p_c), as a log-sum-exp over
+                # the other ids: exact even when the candidates hold nearly all the mass.
+                rest_nV = logits_nV.scatter(1, cand_NC[s:e], float("-inf"))
+                tail_N[s:e] = torch.logsumexp(rest_nV, dim=-1) - logz_n
             if k:
                 v, idx = logits_nV.topk(k, dim=-1)
                 topv_NK[s:e] = v - logz_n[:, None]
@@ -407,8 +435,12 @@ class HFEngine:
                 ent_N[s:e] = -(logp_nV.exp() * logp_nV).sum(-1)
         lp_N, topv_NK, topi_NK = lp_N.cpu(), topv_NK.cpu(), topi_NK.cpu()
         ent_N = ent_N.cpu() if ent_N is not None else None
+        rank_N = rank_N.cpu() if rank_N is not None else None
+        cand_lp_NC = cand_lp_NC.cpu()
+        tail_N = tail_N.cpu() if tail_N is not None else None
         for i, start, length in rows.owners:
             item, sl = items[i], slice(start, start + length)
+            c = len(item.candidate_ids[0]) if item.candidate_ids else 0
             outputs[i] = ScoreOutput(
                 logprobs=lp_N[sl].numpy().astype(np.float32),
                 entropy=ent_N[sl].numpy().astype(np.float32) if item.entropy else None,
@@ -416,6 +448,13 @@ class HFEngine:
                 topk_logprobs=topv_NK[sl, : item.top_k].numpy().astype(np.float32)
                 if item.top_k
                 else None,
+                ranks=rank_N[sl].numpy().astype(np.int32) if item.ranks else None,
+                candidate_logprobs=cand_lp_NC[sl, :c].numpy().astype(np.float32)
+                if item.candidate_ids
+                else None,
+                candidate_tail=tail_N[sl].numpy().astype(np.float32)
+                if item.candidate_ids and tail_N is not None
+                else (np.zeros(0, np.float32) if item.candidate_ids else None),
             )
 
     # ---- generation -------------------------------------------------------------------------
@@ -447,6 +486,7 @@ class HFEngine:
             out_ids: list[list[int]] = [[] for _ in items]
             done = [it.max_tokens <= 0 for it in items]
             finish = ["length"] * n
+            stop_id: list[int | None] = [None] * n
             ids_BT, mask_BT = ids_BT.to(self.device), mask_BT.to(self.device)
             cache, step_ids = None, ids_BT
             max_steps = max(it.max_tokens for it in items)
@@ -478,7 +518,7 @@ class HFEngine:
                         tok = int(torch.multinomial(probs, 1, generator=gens[b]))
                     next_ids.append(tok)
                     if tok in stops[b]:
-                        done[b], finish[b] = True, "stop"
+                        done[b], finish[b], stop_id[b] = True, "stop", tok
                     else:
                         out_ids[b].append(tok)
                         if len(out_ids[b]) >= it.max_tokens:
@@ -488,7 +528,10 @@ class HFEngine:
                     [0 if d else 1 for d in done], dtype=torch.long, device=self.device
                 )
                 mask_BT = torch.cat([mask_BT, alive[:, None]], dim=1)
-        return [GenerateOutput(token_ids=ids, finish_reason=f) for ids, f in zip(out_ids, finish)]  # type: ignore[arg-type]
+        return [
+            GenerateOutput(token_ids=ids, finish_reason=f, stop_id=sid)  # type: ignore[arg-type]
+            for ids, f, sid in zip(out_ids, finish, stop_id)
+        ]
 
     # ---- weights ----------------------------------------------------------------------------
 
