@@ -273,6 +273,7 @@ class VLLMEngine:
             else None,
             topk_ids=id_LW[:, 1 : 1 + k].copy() if k else None,
             topk_logprobs=lp_LW[:, 1 : 1 + k].copy() if k else None,
+            ranks=target_ranks(flat, L, w) if item.ranks else None,
         )
 
     async def _final_output(self, ids: list[int], params: Any) -> Any:
@@ -461,6 +462,12 @@ def topk_entropy_lower_bound(
 
 
 # ---- helpers ------------------------------------------------------------------------------------
+
+
+def target_ranks(flat: Any, L: int, w: int) -> np.ndarray:
+    """Vocabulary ranks of the last ``L`` prompt tokens (the first of each position's ``w``
+    entries is the prompt token itself), for the OpenAI-compatible routes."""
+    return np.asarray(flat.ranks[-L * w :], np.int64).reshape(L, w)[:, 0].astype(np.int32)
 
 
 def _vllm_device() -> str:
