@@ -13,7 +13,17 @@ from fastapi import FastAPI
 
 from server.errors import install_error_handlers
 from server.middleware import RequestIdFilter, ServiceMiddleware
-from server.routes import credit, hints, meta, openai_compat, reward, scoring, ui, weights
+from server.routes import (
+    credit,
+    hints,
+    meta,
+    openai_compat,
+    reward,
+    scoring,
+    sglang,
+    ui,
+    weights,
+)
 from server.runtime import Runtime
 from server.settings import Settings, get_settings
 
@@ -58,7 +68,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.runtime = runtime
     install_error_handlers(app)
-    for module in (meta, scoring, credit, hints, weights, reward, openai_compat):
+    for module in (meta, scoring, credit, hints, weights, reward, openai_compat, sglang):
         app.include_router(module.router)
     if settings.ui:
         app.include_router(ui.router)

@@ -93,9 +93,9 @@ def from_validation_error(exc: RequestValidationError) -> OpenAIError:
     path = json_path(loc)
     param = path.split(".")[0].split("[")[0] if path else None  # the top-level parameter
     if first.get("type") == "extra_forbidden":
-        return OpenAIError(400, f"unsupported parameter `{param}` (docs/protocols.md)", param)
+        return OpenAIError(400, f"unsupported parameter `{path}` (docs/protocols.md)", path)
     if first.get("type") == "unsupported_value":
-        return OpenAIError(400, str(first.get("msg")), param)
+        return OpenAIError(400, str(first.get("msg")), path)
     return OpenAIError(
         400, f"{param}: {first.get('msg')}" if param else str(first.get("msg")), param
     )
