@@ -192,3 +192,18 @@ def test_bearer_auth_with_the_openai_sdk(strict_server):
     res = httpx.post(url + "/completions", json={"prompt": "1", "max_tokens": 1})
     assert res.status_code == 401 and res.json()["error"]["type"] == "AuthenticationError"
     assert httpx.get(strict_server.url + "/health").status_code == 200  # open, as on vLLM
+
+
+def test_prompt_logprobs_and_ranks_on_every_backend(server):
+    """TRL's scoring request on each backend (hf, and the vLLM engine when installed)."""
+    recorded = json.loads((FIXTURES / "vllm_trl.json").read_text())
+    request = {**recorded["request"], "model": None}
+    res = httpx.post(server.url + "/v1/completions", json=request, timeout=120)
+    assert res.status_code == 200, res.text
+    for mine, ref in zip(res.json()["choices"], recorded["response"]["choices"], strict=True):
+        assert mine["prompt_logprobs"][0] is None
+        for a, b in zip(mine["prompt_logprobs"][1:], ref["prompt_logprobs"][1:], strict=True):
+            assert list(a) == list(b)
+            for tid in b:
+                assert a[tid]["rank"] == b[tid]["rank"]
+                assert math.isclose(a[tid]["logprob"], b[tid]["logprob"], abs_tol=1e-4)
