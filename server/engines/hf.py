@@ -371,7 +371,12 @@ class HFEngine:
         self._head(model, rows, items, outputs)
 
     def _head(self, model, rows: _Rows, items: list[ScoreItem], outputs) -> None:
-        """LM head + log-softmax + top-k + entropy, ``chunk_rows`` rows at a time, in float32."""
+        """LM head + log-softmax + top-k + entropy, ``chunk_rows`` rows at a time, in float32.
+
+        Per row, when asked: the target's vocabulary rank ``#{v: logit_v >= logit_target}`` (vLLM's
+        ``rank``), and for caller-chosen candidates ``c`` their log-probs ``logit_c - logZ`` and the
+        tail ``log(1 - sum_c p_c) = logsumexp(logits without c) - logZ`` (docs/protocols.md).
+        """
         head = model.get_output_embeddings()
         N = rows.hidden_NH.shape[0]
         temps_N = torch.ones(N)
