@@ -28,6 +28,7 @@ from typing import Any
 from fastapi.exceptions import RequestValidationError
 
 from proto.openai_compat import CompletionRequest
+from server.batcher import QueueFull
 from server.engines.base import GenerateItem, GenerateOutput, ScoreItem, ScoreOutput
 from server.errors import ServiceError, json_path
 from server.hints import derive_seed
@@ -210,16 +211,15 @@ def _check(request: CompletionRequest, prompts: list[_Prompt], info, max_tokens:
 
 
 async def generate_items(runtime: Runtime, items: list[GenerateItem]) -> list[GenerateOutput]:
-    """Generation under the server's admission control: the batcher's queue when it has a
-    generation path (429 when full), else the engine directly, as ``/v1/hints`` does."""
+    """Generation under the server's admission control: the batcher's generation queue (429 when
+    full, the same queue ``/v1/hints`` uses) once the batcher has one (issue 16); until then the
+    engine directly, as ``/v1/hints`` does on that code."""
     engine, batcher = runtime.require_engine()
     if not items:
         return []
     submit = getattr(batcher, "generate", None)
     if submit is None:
         return await engine.generate(items)
-    from server.batcher import QueueFull
-
     try:
         return await submit(items)
     except QueueFull as exc:
