@@ -45,6 +45,7 @@ from client._errors import (
     WriteError,
     WriteTimeout,
 )
+from client._step import StepRetry, retry_within
 from client._transport import AsyncHTTPTransport, HTTPTransport
 from client._types import (
     AdvantagesResult,
@@ -85,6 +86,7 @@ __all__ = [
     "RolloutCredit",
     "ServiceUnavailableError",
     "StaleWeightsError",
+    "StepRetry",
     "TeacherClient",
     "Timeout",
     "TimeoutException",
@@ -95,4 +97,5 @@ __all__ = [
     "UseClientDefault",
     "WriteError",
     "WriteTimeout",
+    "retry_within",
 ]

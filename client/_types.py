@@ -78,6 +78,7 @@ class CreditDetails:
     peer_index: int | None = None
     masked: bool = False
     reflection: Reflection | None = None  # AMR-SD: the reflection the server wrote
+    teacher_entropy: Any = None  # (T,) float32, for methods that use it (AntiSD), else None
 
 
 @dataclass
@@ -236,6 +237,9 @@ def rollout_credit(res: Mapping[str, Any]) -> RolloutCredit:
             teacher_context=details.get("teacher_context"),
             peer_index=details.get("peer_index"),
             masked=bool(details.get("masked", False)),
+            teacher_entropy=decode(details["teacher_entropy"], np.float32)
+            if details.get("teacher_entropy") is not None
+            else None,
             reflection=parse_model(Reflection, details["reflection"])
             if details.get("reflection") is not None
             else None,

@@ -79,6 +79,9 @@ class AdvantagesRequest(WireModel):
 class RolloutDetails(WireModel):
     student_logprobs: FloatArrayOut
     teacher_logprobs: FloatArrayOut
+    teacher_entropy: FloatArrayOut | None = Field(
+        default=None, description="The teacher's per-token entropy, for methods that use it."
+    )
     signal: FloatArrayOut
     teacher_context: str | None = None
     peer_index: int | None = None

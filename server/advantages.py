@@ -290,6 +290,7 @@ def compute_response(
             entry["details"] = {
                 "student_logprobs": enc(batch.student[b], n),
                 "teacher_logprobs": enc(teacher[b], n),
+                "teacher_entropy": enc(batch.entropy[b], n) if method.needs_entropy else None,
                 "signal": enc(signal_BT[b, :n], n),
                 "teacher_context": ctx.message if ctx is not None else None,
                 "peer_index": ctx.peer_index if ctx is not None else None,

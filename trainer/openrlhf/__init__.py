@@ -7,22 +7,25 @@ actor's log-probs to ``POST /v1/advantages`` and writes the answer into the expe
 (`experiences` has the alignment rule). ``python -m trainer.openrlhf.launch`` starts Ray with the
 hook and runs ``openrlhf.cli.train_ppo_ray``. Pinned to OpenRLHF 0.11.2. Guide: docs/openrlhf.md.
 
-Modules: `config` (TOKENCREDIT_* variables), `experiences` (alignment, groups), `plugin` (the
-wrappers, per-process state), `hook` (patch on import), `launch` (the CLI), `reward_func`
-(OpenRLHF reward function for a keyed pool).
+Modules: `config` (TOKENCREDIT_* variables), `checks` (refused settings), `experiences`
+(alignment, groups), `sharded` (a step over every replica), `weights` (the teacher's weights over
+a run), `plugin` (the wrappers, per-process state), `hook` (patch on import), `launch` (the CLI),
+`reward_func` (OpenRLHF reward function for a keyed pool).
 """
 
 OPENRLHF_VERSION = "0.11.2"  # the version whose classes the hook patches
 
+from trainer.openrlhf.checks import UnsupportedConfig  # noqa: E402
 from trainer.openrlhf.config import ConfigError, PluginConfig  # noqa: E402
 from trainer.openrlhf.experiences import AlignmentError, Batch, Row, build_batch, rows_of  # noqa: E402
-from trainer.openrlhf.plugin import TeacherCredit, UnsupportedConfig  # noqa: E402
+from trainer.openrlhf.plugin import NonFiniteAdvantages, TeacherCredit  # noqa: E402
 
 __all__ = [
     "OPENRLHF_VERSION",
     "AlignmentError",
     "Batch",
     "ConfigError",
+    "NonFiniteAdvantages",
     "PluginConfig",
     "Row",
     "TeacherCredit",

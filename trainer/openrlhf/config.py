@@ -11,15 +11,26 @@ variable                           meaning
                                    step and are reproducible). Default 0.
 ``TOKENCREDIT_API_KEY``            bearer key of the pool (``TC_API_KEYS`` on the servers).
 ``TOKENCREDIT_ADMIN_KEY``          admin key, only for weight syncing (``TC_ADMIN_KEYS``).
-``TOKENCREDIT_TIMEOUT``            read timeout of one call in seconds, default 600 (a step's
-                                   batch is one request; the connect timeout stays 5 s).
+``TOKENCREDIT_TIMEOUT``            base read timeout of one call in seconds, default 600; calls
+                                   that score the teacher add ``tokens / TOKENS_PER_SECOND``.
+``TOKENCREDIT_TOKENS_PER_SECOND``  slowest teacher throughput of one replica the timeouts allow
+                                   for, default 2000 tokens/s.
 ``TOKENCREDIT_RETRIES``            retries of the client's transport, default 4 (backoff, 429,
-                                   502-504, failover). The plugin itself never retries.
-``TOKENCREDIT_WEIGHTS_PREFIX``     set to sync the teacher's weights: after OpenRLHF saves an HF
-                                   checkpoint (``--ckpt.save_hf``), ``POST /v1/weights`` with
-                                   ``<prefix>/global_step<N>_hf`` (relative to the pool's
-                                   ``TC_WEIGHTS_ROOT``) and version N; later calls then require
-                                   ``min_weights_version`` N. Unset: no syncing.
+                                   502-504, failover).
+``TOKENCREDIT_STEP_RETRY``         seconds a step's call is tried again after the transport gave
+                                   up (a replica restarting), each wait logged; default 1800,
+                                   0 = never (`client.retry_within`).
+``TOKENCREDIT_STUDENT``            ``trainer`` (default): student log-probs are the actor's;
+                                   ``server``: the pool scores the student with the teacher's
+                                   weights, so both sides come from one set of weights.
+``TOKENCREDIT_WEIGHTS_PREFIX``     set to sync the teacher's weights (`weights`): after OpenRLHF
+                                   saves an HF checkpoint (``--ckpt.save_hf``), ``POST
+                                   /v1/weights`` with ``<prefix>/global_step<N>_hf`` (relative to
+                                   the pool's ``TC_WEIGHTS_ROOT``). Unset: no syncing.
+``TOKENCREDIT_BASE_WEIGHTS``       with syncing: the base model's folder inside the pool's
+                                   ``TC_WEIGHTS_ROOT``, loaded when a run starts at step 0.
+``TOKENCREDIT_PRUNE_CHECKPOINTS``  with syncing: ``1`` (default) deletes ``global_step<M>_hf``
+                                   folders once every replica serves a later step; ``0`` keeps them.
 =================================  =============================================================
 """
 
@@ -43,6 +54,12 @@ ENV_ADMIN_KEY = "TOKENCREDIT_ADMIN_KEY"
 ENV_TIMEOUT = "TOKENCREDIT_TIMEOUT"
 ENV_RETRIES = "TOKENCREDIT_RETRIES"
 ENV_WEIGHTS_PREFIX = "TOKENCREDIT_WEIGHTS_PREFIX"
+ENV_BASE_WEIGHTS = "TOKENCREDIT_BASE_WEIGHTS"
+ENV_PRUNE = "TOKENCREDIT_PRUNE_CHECKPOINTS"
+ENV_STEP_RETRY = "TOKENCREDIT_STEP_RETRY"
+ENV_STUDENT = "TOKENCREDIT_STUDENT"
+ENV_TOKENS_PER_SECOND = "TOKENCREDIT_TOKENS_PER_SECOND"
+STUDENT_SOURCES = ("trainer", "server")
 
 
 class ConfigError(ValueError):
@@ -60,11 +77,21 @@ class PluginConfig:
     # Keys: bearer key for scoring; admin key for POST /v1/weights (weight syncing only).
     api_key: str | None = None
     admin_key: str | None = None
-    # Client transport: read timeout of one call (s), and its retry count.
+    # Client transport: base read timeout of one call (s), and its retry count.
     timeout: float = 600.0
     retries: int = 4
+    # Timeouts grow with the teacher's work: + tokens / tokens_per_second (one replica).
+    tokens_per_second: float = 2000.0
+    # Step level: seconds a step's call is tried again after the transport gave up (0 = never).
+    step_retry: float = 1800.0
+    # Where student log-probs come from: the actor ("trainer") or the pool ("server").
+    student: str = "trainer"
     # Weight syncing: checkpoint folder prefix inside the pool's TC_WEIGHTS_ROOT; None = off.
     weights_prefix: str | None = None
+    # With syncing: the base model's folder inside TC_WEIGHTS_ROOT (loaded at step 0).
+    base_weights: str | None = None
+    # With syncing: delete HF checkpoint folders older than the one every replica serves.
+    prune_checkpoints: bool = True
 
     def __post_init__(self) -> None:
         if not self.urls:
@@ -82,6 +109,12 @@ class PluginConfig:
             raise ConfigError(f"{ENV_TIMEOUT} must be > 0 seconds, got {self.timeout}")
         if self.retries < 0:
             raise ConfigError(f"{ENV_RETRIES} must be >= 0, got {self.retries}")
+        if self.tokens_per_second <= 0:
+            raise ConfigError(f"{ENV_TOKENS_PER_SECOND} must be > 0, got {self.tokens_per_second}")
+        if self.step_retry < 0:
+            raise ConfigError(f"{ENV_STEP_RETRY} must be >= 0 seconds, got {self.step_retry}")
+        if self.student not in STUDENT_SOURCES:
+            raise ConfigError(f"{ENV_STUDENT} must be trainer or server, got {self.student!r}")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> PluginConfig:
@@ -103,7 +136,12 @@ class PluginConfig:
             admin_key=env.get(ENV_ADMIN_KEY) or None,
             timeout=_number(env, ENV_TIMEOUT, float, 600.0),
             retries=_number(env, ENV_RETRIES, int, 4),
+            tokens_per_second=_number(env, ENV_TOKENS_PER_SECOND, float, 2000.0),
+            step_retry=_number(env, ENV_STEP_RETRY, float, 1800.0),
+            student=env.get(ENV_STUDENT) or "trainer",
             weights_prefix=env.get(ENV_WEIGHTS_PREFIX),
+            base_weights=env.get(ENV_BASE_WEIGHTS) or None,
+            prune_checkpoints=(env.get(ENV_PRUNE) or "1") not in ("0", "false", "no"),
         )
 
     def to_env(self) -> dict[str, str]:
@@ -115,6 +153,10 @@ class PluginConfig:
             ENV_SEED: str(self.seed),
             ENV_TIMEOUT: str(self.timeout),
             ENV_RETRIES: str(self.retries),
+            ENV_TOKENS_PER_SECOND: str(self.tokens_per_second),
+            ENV_STEP_RETRY: str(self.step_retry),
+            ENV_STUDENT: self.student,
+            ENV_PRUNE: "1" if self.prune_checkpoints else "0",
         }
         if self.api_key:
             env[ENV_API_KEY] = self.api_key
@@ -122,6 +164,8 @@ class PluginConfig:
             env[ENV_ADMIN_KEY] = self.admin_key
         if self.weights_prefix is not None:
             env[ENV_WEIGHTS_PREFIX] = self.weights_prefix
+        if self.base_weights:
+            env[ENV_BASE_WEIGHTS] = self.base_weights
         return env
 
 

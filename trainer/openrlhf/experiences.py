@@ -138,8 +138,14 @@ class Batch:
     rows: list[list[Row]]  # rows_of(experiences[e]) for every e
 
 
-def build_batch(experiences: list[Any], n_samples_per_prompt: int) -> Batch:
-    """Rows sorted by ``Experience.index``, cut into groups of ``n_samples_per_prompt``."""
+def build_batch(
+    experiences: list[Any], n_samples_per_prompt: int, send_student: bool = True
+) -> Batch:
+    """Rows sorted by ``Experience.index``, cut into groups of ``n_samples_per_prompt``.
+
+    Arrays stay NumPy views of the experiences' tensors, which the client packs (base64) without
+    a Python object per token. ``send_student=False`` leaves ``student_logprobs`` out: the pool
+    scores the student with its own weights (``TOKENCREDIT_STUDENT=server``)."""
     n = n_samples_per_prompt
     if n < 1:
         raise AlignmentError(f"n_samples_per_prompt must be >= 1, got {n}")
@@ -175,22 +181,19 @@ def build_batch(experiences: list[Any], n_samples_per_prompt: int) -> Batch:
             label = RewardLabel.parse(head.label)
         except ValueError as exc:
             raise AlignmentError(f"group {g}: {exc}") from None
-        # Ids as lists: the client's token count for splitting (client/_types.py group_tokens)
-        # does not take NumPy arrays yet; log-probs stay arrays.
+        rollouts = []
+        for _, e, b in members:
+            rollout = {"response_ids": rows[e][b].response_ids, "reward": rows[e][b].reward}
+            if send_student:
+                rollout["student_logprobs"] = rows[e][b].student_logprobs
+            rollouts.append(rollout)
         groups.append(
             {
-                "prompt_ids": head.prompt_ids.tolist(),
+                "prompt_ids": head.prompt_ids,
                 "problem": label.problem,
                 "reference_answer": label.answer,
                 "reference_solution": label.solution,
-                "rollouts": [
-                    {
-                        "response_ids": rows[e][b].response_ids.tolist(),
-                        "reward": rows[e][b].reward,
-                        "student_logprobs": rows[e][b].student_logprobs,
-                    }
-                    for _, e, b in members
-                ],
+                "rollouts": rollouts,
             }
         )
         slots += [(e, b) for _, e, b in members]

@@ -8,15 +8,20 @@ configuration (a bad ``TOKENCREDIT_*`` variable fails the worker at start, not a
 patches the two modules *when something imports them*, which only the trainer's process does:
 
     openrlhf.trainer.ppo_utils.experience_maker  RemoteExperienceMaker.compute_advantages_and_returns
-    openrlhf.trainer.ppo_trainer                 BasePPOTrainer.train_step, .save_logs_and_checkpoints
+    openrlhf.trainer.ppo_trainer                 BasePPOTrainer.train_step,
+                                                 .save_logs_and_checkpoints, .save_best_checkpoint,
+                                                 .init_checkpoint_states
 
-A module already imported is patched at once.
+A module already imported is patched at once. Ray workers start with Python's root logger at
+WARNING and no handler, so `setup` also gives the plugin's logger one (INFO, to stderr, which
+Ray forwards to the driver's console).
 """
 
 from __future__ import annotations
 
 import importlib.abc
 import importlib.util
+import logging
 import sys
 import threading
 from collections.abc import Callable
@@ -83,7 +88,23 @@ def install(targets: dict[str, Callable[[Any], None]] | None = None) -> None:
             sys.meta_path.insert(0, PatchOnImport(targets))
 
 
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def enable_logging(level: int = logging.INFO) -> logging.Logger:
+    """The plugin's logger at ``level`` with a stderr handler (idempotent)."""
+    logger = logging.getLogger("tokencredit")
+    logger.setLevel(level)
+    if not any(getattr(h, "_tokencredit", False) for h in logger.handlers):
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter(LOG_FORMAT))
+        handler._tokencredit = True
+        logger.addHandler(handler)
+    return logger
+
+
 def setup() -> None:
-    """The ``worker_process_setup_hook``: configuration checked, patches armed."""
+    """The ``worker_process_setup_hook``: configuration checked, logging on, patches armed."""
     plugin.get_plugin()
+    enable_logging()
     install()

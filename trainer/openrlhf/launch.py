@@ -6,8 +6,9 @@
 
 Everything after ``--`` goes to ``openrlhf.cli.train_ppo_ray`` unchanged. The launcher:
 
-1. checks the OpenRLHF version it patches (0.11.2) and the arguments it cannot work with
-   (``gae``, KL folded into the reward), before anything starts;
+1. checks the OpenRLHF version it patches (0.11.2) and the arguments it refuses (`checks`:
+   ``gae``, KL folded into the reward, temperatures, syncing, filtering, images, LoRA, EMA),
+   before anything starts;
 2. asks the pool whether it is ready and serves the method (``--skip-preflight`` to skip);
 3. starts Ray with ``runtime_env={"worker_process_setup_hook": "trainer.openrlhf.hook.setup",
    "env_vars": {TOKENCREDIT_*, ...}}``. ``train_ppo_ray.train`` calls ``ray.init`` only
@@ -32,10 +33,12 @@ import sys
 from collections.abc import Sequence
 from importlib import metadata
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from client import TeacherClient, TokenCreditError
 from trainer.openrlhf import OPENRLHF_VERSION
+from trainer.openrlhf.checks import UnsupportedConfig, check_args
 from trainer.openrlhf.config import ENV_ADMIN_KEY, ENV_API_KEY, ConfigError, PluginConfig
 
 SETUP_HOOK = "trainer.openrlhf.hook.setup"
@@ -76,26 +79,56 @@ def _flag(args: Sequence[str], name: str) -> str | None:
     return value
 
 
+def openrlhf_args(args: Sequence[str]) -> SimpleNamespace:
+    """The part of ``train_ppo_ray``'s parsed arguments that `checks` reads, with its defaults
+    (0.11.2), from the command line: the same checks run here and at the first step."""
+
+    def number(name: str, kind: type, default: Any) -> Any:
+        raw = _flag(args, name)
+        try:
+            return default if raw is None else kind(raw)
+        except ValueError:
+            raise ConfigError(f"{name} {raw!r} is not a valid {kind.__name__}") from None
+
+    def ns(**kw: Any) -> SimpleNamespace:
+        return SimpleNamespace(**kw)
+
+    return ns(
+        algo=ns(
+            advantage=ns(estimator=_flag(args, "--algo.advantage.estimator") or "gae"),
+            kl=ns(
+                init_coef=number("--algo.kl.init_coef", float, 0.01),
+                use_loss="--algo.kl.use_loss" in args,
+            ),
+            dynamic_filtering_enable="--algo.dynamic_filtering_enable" in args,
+        ),
+        rollout=ns(temperature=number("--rollout.temperature", float, 1.0)),
+        ckpt=ns(save_hf="--ckpt.save_hf" in args, save_steps=number("--ckpt.save_steps", int, -1)),
+        data=ns(max_images_per_prompt=number("--data.max_images_per_prompt", int, 0)),
+        ds=ns(lora=ns(rank=number("--ds.lora.rank", int, 0))),
+        train=ns(enable_ema="--train.enable_ema" in args),
+    )
+
+
 def check_openrlhf_args(args: Sequence[str], config: PluginConfig) -> None:
     """Fail before Ray starts on arguments the plugin refuses at its first step anyway."""
-    estimator = _flag(args, "--algo.advantage.estimator") or "gae"
-    if estimator == "gae":
-        raise ConfigError(
-            "pass --algo.advantage.estimator dr_grpo (or rloo, group_norm): tokencredit "
-            "replaces the advantages, and gae (OpenRLHF's default) needs a critic"
-        )
-    init_coef = float(_flag(args, "--algo.kl.init_coef") or 0.01)  # OpenRLHF's default
-    if init_coef > 0 and "--algo.kl.use_loss" not in args:
-        raise ConfigError(
-            "add --algo.kl.use_loss (KL as a loss term) or set --algo.kl.init_coef 0: OpenRLHF "
-            "would fold the KL penalty into the advantages, which tokencredit replaces"
-        )
+    parsed = openrlhf_args(args)
+    try:
+        check_args(parsed, config)
+    except UnsupportedConfig as exc:
+        raise ConfigError(str(exc)) from None
     if config.weights_prefix is not None and (
-        "--ckpt.save_hf" not in args or _flag(args, "--ckpt.save_steps") in (None, "-1")
+        not parsed.ckpt.save_hf or parsed.ckpt.save_steps < 1
     ):
         raise ConfigError(
             "--sync-weights needs --ckpt.save_hf and --ckpt.save_steps N: the teacher loads "
             "the HF checkpoints OpenRLHF writes"
+        )
+    if config.weights_prefix is not None and not config.base_weights:
+        raise ConfigError(
+            "--sync-weights needs --base-weights PATH (the base model's folder inside the "
+            "pool's TC_WEIGHTS_ROOT): a run puts its own weights on the pool before its first "
+            "call"
         )
 
 
@@ -145,11 +178,41 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--timeout", type=float, default=600.0, help="read timeout of a call (s)")
     parser.add_argument("--retries", type=int, default=4, help="client transport retries")
     parser.add_argument(
+        "--tokens-per-second",
+        type=float,
+        default=2000.0,
+        help="slowest teacher throughput per replica the timeouts allow for",
+    )
+    parser.add_argument(
+        "--step-retry",
+        type=float,
+        default=1800.0,
+        help="seconds a step's call is tried again after the transport gave up (0: never)",
+    )
+    parser.add_argument(
+        "--student",
+        choices=("trainer", "server"),
+        default="trainer",
+        help="student log-probs from the actor (trainer) or scored by the pool (server)",
+    )
+    parser.add_argument(
         "--sync-weights",
         metavar="PREFIX",
         default=None,
         help="load each HF checkpoint into the teacher: PREFIX/global_step<N>_hf inside the "
         "pool's TC_WEIGHTS_ROOT ('' if --ckpt.path is that root)",
+    )
+    parser.add_argument(
+        "--base-weights",
+        metavar="PATH",
+        default=None,
+        help="with --sync-weights: the base model's folder inside the pool's TC_WEIGHTS_ROOT",
+    )
+    parser.add_argument(
+        "--keep-checkpoints",
+        action="store_true",
+        help="with --sync-weights: keep every global_step<N>_hf folder (default: delete those "
+        "older than the one every replica serves)",
     )
     parser.add_argument(
         "--ray-address", default=None, help="Ray cluster (default: RAY_ADDRESS/local)"
@@ -178,7 +241,12 @@ def config_from_args(
         admin_key=env.get(ENV_ADMIN_KEY) or None,
         timeout=args.timeout,
         retries=args.retries,
+        tokens_per_second=args.tokens_per_second,
+        step_retry=args.step_retry,
+        student=args.student,
         weights_prefix=args.sync_weights,
+        base_weights=args.base_weights,
+        prune_checkpoints=not args.keep_checkpoints,
     )
 
 

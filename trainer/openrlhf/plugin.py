@@ -2,28 +2,45 @@
 
 ``RemoteExperienceMaker.compute_advantages_and_returns`` runs OpenRLHF's own code first (length
 penalties on ``experience.rewards``, group statistics and logs), then replaces ``advantages`` and
-``returns`` with the teacher's per-token advantages of the step's batch: one ``/v1/advantages``
-call through `client.TeacherClient` with the run's ``step`` and the method ``state`` of the
-previous call (AntiSD's gate). Whitening that OpenRLHF applied to its own advantages is
-discarded with them: the teacher's numbers reach the loss unscaled. The method state is saved in
-OpenRLHF's checkpoint ``client_states`` and restored from it on resume.
+``returns`` with the teacher's per-token advantages of the step's batch, with the run's ``step``
+and the method ``state`` of the previous call (AntiSD's gate). Whitening that OpenRLHF applied to
+its own advantages is discarded with them: the teacher's numbers reach the loss unscaled.
 
-Failures raise. The client's transport retries connection errors, 429 and 502-504 and fails over
-between replicas; when it gives up, its exception ends the step. Nothing here retries, and no
-advantage is ever filled in.
+A step's call (`sharded`) scores the teacher on every replica at once and runs the method's
+batch-wide math once. The client's transport retries blips and fails over; `client.retry_within`
+then tries the whole call again for ``TOKENCREDIT_STEP_RETRY`` seconds (a replica restarting),
+logging each wait, and a 409 from a replica that lost the run's weights re-syncs them
+(`weights`). Advantages that are not finite end the step; none is ever filled in.
+
+The method state is written into every checkpoint OpenRLHF saves (regular and best) and restored
+on resume. Per-step numbers go into ``experience.info`` under ``tokencredit/``, which OpenRLHF
+averages into the step's logs (console, wandb, tensorboard).
 """
 
 from __future__ import annotations
 
 import functools
 import logging
-import posixpath
 import threading
 from typing import Any
 
-from client import AdvantagesResult, RetryPolicy, TeacherClient, Timeout
+import numpy as np
+import torch
+
+from client import (
+    AdvantagesResult,
+    RetryPolicy,
+    StepRetry,
+    TeacherClient,
+    Timeout,
+    TokenCreditError,
+    retry_within,
+)
+from trainer.openrlhf.checks import UnsupportedConfig, check_args
 from trainer.openrlhf.config import PluginConfig
-from trainer.openrlhf.experiences import build_batch, write_advantages
+from trainer.openrlhf.experiences import Batch, build_batch, write_advantages
+from trainer.openrlhf.sharded import sharded_advantages
+from trainer.openrlhf.weights import TeacherWeights
 
 log = logging.getLogger("tokencredit.openrlhf")
 
@@ -33,22 +50,31 @@ STEP_ATTR = "_tokencredit_step"
 WRAPPED = "__tokencredit_wrapped__"
 # Key in OpenRLHF's checkpoint ``client_states``: the method state survives a resume.
 CHECKPOINT_KEY = "tokencredit"
+INFO_PREFIX = "tokencredit/"
+
+__all__ = ["NonFiniteAdvantages", "TeacherCredit", "UnsupportedConfig"]
 
 
-class UnsupportedConfig(ValueError):
-    """An OpenRLHF option whose effect the teacher's advantages would silently drop."""
+class NonFiniteAdvantages(ValueError):
+    """The pool answered NaN or infinite advantages; they never reach the experiences."""
 
 
 class TeacherCredit:
-    """Per-process state of a run: the client, the method ``state``, the weights version."""
+    """Per-process state of a run: the client, the method ``state``, the run's weights."""
 
-    def __init__(self, config: PluginConfig, client: TeacherClient | None = None):
+    def __init__(
+        self,
+        config: PluginConfig,
+        client: TeacherClient | None = None,
+        weights: TeacherWeights | None = None,
+    ):
         self.config = config
         self._client = client
+        self._weights = weights
         self.state: dict[str, Any] | None = None  # from the previous /v1/advantages answer
-        self.min_weights_version: int | None = None  # set by weight syncing
         self.calls = 0
         self.last: AdvantagesResult | None = None
+        self.checked = False  # OpenRLHF's args checked (once per process)
 
     @property
     def client(self) -> TeacherClient:
@@ -59,35 +85,71 @@ class TeacherCredit:
                 admin_key=self.config.admin_key,
                 timeout=Timeout(self.config.timeout, connect=5.0),
                 retry=RetryPolicy(retries=self.config.retries),
+                # two requests in flight per replica: one computing, one queued behind it
+                max_concurrency=2 * len(self.config.urls),
             )
         return self._client
 
+    @property
+    def weights(self) -> TeacherWeights | None:
+        """The run's weights on the pool; None when the run does not sync them."""
+        if self._weights is None and self.config.weights_prefix is not None:
+            self._weights = TeacherWeights(
+                self.config.urls,
+                self.config.weights_prefix,
+                base_path=self.config.base_weights,
+                admin_key=self.config.admin_key,
+                api_key=self.config.api_key,
+                prune=self.config.prune_checkpoints,
+            )
+        return self._weights
+
+    @property
+    def min_weights_version(self) -> int | None:
+        return self.weights.required if self.weights is not None else None
+
+    def check(self, args: Any) -> None:
+        """Refuse OpenRLHF settings the teacher's advantages would drop or bias (`checks`)."""
+        if not self.checked:
+            check_args(args, self.config)
+            self.checked = True
+
     def apply(
-        self, experiences: list[Any], n_samples_per_prompt: int, step: int
+        self,
+        experiences: list[Any],
+        n_samples_per_prompt: int,
+        step: int,
+        ckpt_path: str | None = None,
     ) -> AdvantagesResult:
         """One step: groups out, advantages back into ``experiences`` (in place)."""
-        batch = build_batch(experiences, n_samples_per_prompt)
-        result = self.client.advantages(
-            self.config.method,
-            batch.groups,
-            params=self.config.params,
-            step=step,
-            state=self.state,
-            seed=self.config.seed + step,
-            min_weights_version=self.min_weights_version,
+        batch = build_batch(
+            experiences, n_samples_per_prompt, send_student=self.config.student == "trainer"
         )
-        write_advantages(experiences, batch, result.flat())
+        weights = self.weights
+        if weights is not None and weights.required is None:
+            weights.start(step, ckpt_path)  # the run's own weights before its first call
+        result = retry_within(
+            lambda: self._call(batch, step),
+            StepRetry(seconds=self.config.step_retry),
+            on_wait=self._log_wait,
+            recover=lambda exc: weights is not None and weights.resync(),
+        )
+        advantages = result.flat()
+        check_finite(advantages)
+        write_advantages(experiences, batch, advantages)
+        write_info(experiences, batch, result)
         self.state = result.state
         self.calls += 1
         self.last = result
         s = result.stats
         log.info(
-            "tokencredit step %d: %s on %d rollouts / %d tokens, weights_version %d, gate %s, "
-            "mean |signal| %s, masked %d",
+            "tokencredit step %d: %s on %d rollouts / %d tokens in %d requests, weights_version "
+            "%d, gate %s, mean |signal| %s, masked %d",
             step,
             result.method,
             s.rollouts,
             s.tokens,
+            result.chunks,
             result.weights_version,
             s.gate,
             s.mean_abs_signal,
@@ -95,10 +157,35 @@ class TeacherCredit:
         )
         return result
 
+    def _call(self, batch: Batch, step: int) -> AdvantagesResult:
+        return sharded_advantages(
+            self.client,
+            self.config.method,
+            batch.groups,
+            shards=len(self.config.urls),
+            params=self.config.params,
+            step=step,
+            state=self.state,
+            seed=self.config.seed + step,
+            min_weights_version=self.min_weights_version,
+            timeout=self.config.timeout,
+            tokens_per_second=self.config.tokens_per_second,
+        )
+
+    @staticmethod
+    def _log_wait(attempt: int, seconds: float, error: TokenCreditError) -> None:
+        log.warning(
+            "tokencredit: attempt %d of the step's call failed (%s: %s); trying again in %.0f s",
+            attempt,
+            type(error).__name__,
+            error,
+            seconds,
+        )
+
     def checkpoint_state(self) -> dict[str, Any]:
         """What a resumed run needs: the method state (AntiSD's gate) and the call count.
-        The weights version is left out: a restarted teacher may serve older weights until the
-        next checkpoint is synced, and requiring the old version would fail every step."""
+        The weights version is left out: a resumed run loads its checkpoint under new versions
+        (`weights`)."""
         return {"state": self.state, "calls": self.calls}
 
     def restore(self, saved: dict[str, Any]) -> None:
@@ -108,17 +195,37 @@ class TeacherCredit:
 
     def sync_weights(self, args: Any, global_step: int) -> None:
         """After OpenRLHF saved ``{ckpt.path}/global_step{N}_hf``: load it on every replica."""
-        prefix = self.config.weights_prefix
-        if prefix is None or not args.ckpt.save_hf or global_step % args.ckpt.save_steps != 0:
+        weights = self.weights
+        if weights is None or not args.ckpt.save_hf or global_step % args.ckpt.save_steps != 0:
             return
-        path = (
-            posixpath.join(prefix, f"global_step{global_step}_hf")
-            if prefix
-            else (f"global_step{global_step}_hf")
-        )
-        answer = self.client.load_weights(path, version=global_step)
-        self.min_weights_version = answer.weights_version
-        log.info("tokencredit: teacher weights %s loaded as version %d", path, global_step)
+        weights.publish(global_step, args.ckpt.path)
+
+
+def check_finite(advantages: list[Any]) -> None:
+    for i, adv in enumerate(advantages):
+        if not np.isfinite(np.asarray(adv, dtype=np.float64)).all():
+            raise NonFiniteAdvantages(
+                f"the pool answered non-finite advantages for rollout {i} of the step; "
+                "nothing was written into the experiences"
+            )
+
+
+def write_info(experiences: list[Any], batch: Batch, result: AdvantagesResult) -> None:
+    """Per-sample ``experience.info`` tensors, averaged into OpenRLHF's step logs."""
+    s = result.stats
+    constant = {"gate": s.gate, "mean_abs_signal": s.mean_abs_signal}
+    constant["masked_fraction"] = s.masked_rollouts / max(s.rollouts, 1)
+    if s.teacher_entropy is not None:
+        constant["teacher_entropy"] = s.teacher_entropy
+    means = [np.zeros(len(rows), np.float32) for rows in batch.rows]
+    for (e, b), adv in zip(batch.slots, result.flat()):
+        means[e][b] = float(np.mean(adv)) if len(adv) else 0.0
+    for exp, mean_B in zip(experiences, means):
+        B = len(mean_B)
+        exp.info[INFO_PREFIX + "advantage_mean"] = torch.from_numpy(mean_B)
+        for name, value in constant.items():
+            if value is not None:
+                exp.info[INFO_PREFIX + name] = torch.full((B,), float(value))
 
 
 def check_supported(maker: Any) -> None:
@@ -135,6 +242,7 @@ def check_supported(maker: Any) -> None:
             "penalty into the advantages, which tokencredit replaces: add --algo.kl.use_loss "
             "(KL as a loss term) or set --algo.kl.init_coef 0"
         )
+    get_plugin().check(args)
 
 
 # ---- the process-wide plugin and the wrappers ----------------------------------------------
@@ -166,10 +274,12 @@ def wrap_compute_advantages_and_returns(original):
         experiences = original(self, experiences)
         plugin = get_plugin()
         step = getattr(self, STEP_ATTR, None)
+        args = self.strategy.args
         plugin.apply(
             experiences,
-            self.strategy.args.rollout.n_samples_per_prompt,
+            args.rollout.n_samples_per_prompt,
             plugin.calls if step is None else int(step),
+            ckpt_path=getattr(getattr(args, "ckpt", None), "path", None),
         )
         return experiences
 
@@ -191,7 +301,9 @@ def wrap_save_logs_and_checkpoints(original):
     @functools.wraps(original)
     def save_logs_and_checkpoints(self, global_step, logs_dict=None, client_states=None):
         plugin = get_plugin()
-        client_states = dict(client_states or {})  # saved with the actor's checkpoint
+        # In place: `fit` hands the same dict to save_best_checkpoint, whose checkpoint may
+        # become `latest` (and so the one a resume reads).
+        client_states = {} if client_states is None else client_states
         client_states[CHECKPOINT_KEY] = plugin.checkpoint_state()
         out = original(self, global_step, logs_dict, client_states)
         plugin.sync_weights(self.args, global_step)
@@ -199,6 +311,17 @@ def wrap_save_logs_and_checkpoints(original):
 
     setattr(save_logs_and_checkpoints, WRAPPED, True)
     return save_logs_and_checkpoints
+
+
+def wrap_save_best_checkpoint(original):
+    @functools.wraps(original)
+    def save_best_checkpoint(self, eval_metrics, global_step, client_states=None):
+        client_states = {} if client_states is None else client_states
+        client_states[CHECKPOINT_KEY] = get_plugin().checkpoint_state()
+        return original(self, eval_metrics, global_step, client_states)
+
+    setattr(save_best_checkpoint, WRAPPED, True)
+    return save_best_checkpoint
 
 
 def wrap_init_checkpoint_states(original):
@@ -226,6 +349,7 @@ def patch_experience_maker(module: Any) -> None:
 TRAINER_WRAPPERS = {
     "train_step": wrap_train_step,
     "save_logs_and_checkpoints": wrap_save_logs_and_checkpoints,
+    "save_best_checkpoint": wrap_save_best_checkpoint,
     "init_checkpoint_states": wrap_init_checkpoint_states,
 }
 
