@@ -1,12 +1,11 @@
 """The launcher's Ray runtime env, OpenRLHF's skipped ``ray.init``, and the import-time hook.
 
-No Ray cluster is started unless ray is installed (it is not a dependency); the last test then
-runs the hook in real Ray workers.
+The last test starts a real Ray cluster (ray is installed by scripts/install_openrlhf.sh) and
+runs the hook in its workers.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
 import sys
@@ -63,8 +62,8 @@ def test_runtime_env_carries_the_hook_and_the_configuration(monkeypatch):
 @pytest.mark.parametrize(
     "train_args,match",
     [
-        ([], "estimator dr_grpo"),  # OpenRLHF's default estimator is gae
-        (["--algo.advantage.estimator=gae", "--algo.kl.use_loss"], "estimator dr_grpo"),
+        ([], "use dr_grpo"),  # OpenRLHF's default estimator is gae
+        (["--algo.advantage.estimator=gae", "--algo.kl.use_loss"], "use dr_grpo"),
         (["--algo.advantage.estimator", "rloo"], "use_loss"),  # default init_coef 0.01
     ],
 )
@@ -74,11 +73,18 @@ def test_arguments_the_plugin_cannot_honour_fail_before_ray(train_args, match):
         launch.check_openrlhf_args(train_args, config)
 
 
-def test_weight_sync_needs_hf_checkpoints():
-    config = PluginConfig(urls=("http://t:1",), method="grpo", weights_prefix="run1")
+def test_weight_sync_needs_hf_checkpoints_and_the_base_weights():
+    config = PluginConfig(
+        urls=("http://t:1",), method="grpo", weights_prefix="run1", base_weights="base"
+    )
     with pytest.raises(ConfigError, match="save_hf"):
         launch.check_openrlhf_args(TRAIN_ARGS, config)
     launch.check_openrlhf_args([*TRAIN_ARGS, "--ckpt.save_hf", "--ckpt.save_steps", "5"], config)
+    no_base = PluginConfig(urls=("http://t:1",), method="grpo", weights_prefix="run1")
+    with pytest.raises(ConfigError, match="--base-weights"):
+        launch.check_openrlhf_args(
+            [*TRAIN_ARGS, "--ckpt.save_hf", "--ckpt.save_steps", "5"], no_base
+        )
     launch.check_openrlhf_args(
         ["--algo.advantage.estimator", "grpo", "--algo.kl.init_coef", "0"],
         PluginConfig(urls=("http://t:1",), method="grpo"),
@@ -129,9 +135,18 @@ def test_main_inits_ray_with_the_runtime_env_then_runs_train_ppo_ray(server, mon
     ran = {}
     monkeypatch.setattr(launch, "run_train_ppo_ray", lambda args: ran.setdefault("args", args))
     monkeypatch.delenv("TOKENCREDIT_API_KEY", raising=False)
-    argv = ["--teacher-url", server.url, "--method", "hsd", "--", *TRAIN_ARGS]
+    argv = [
+        "--teacher-url",
+        server.url,
+        "--method",
+        "hsd",
+        "--student",
+        "server",
+        "--",
+        *TRAIN_ARGS,
+    ]
     assert launch.main(argv) == 0  # preflight against the live server included
-    config = PluginConfig(urls=(server.url,), method="hsd")
+    config = PluginConfig(urls=(server.url,), method="hsd", student="server")
     fake_ray.init.assert_called_once_with(
         address=None, runtime_env=launch.build_runtime_env(config)
     )
@@ -197,11 +212,14 @@ STUBBED_IMPORT = textwrap.dedent(
     sys.meta_path.insert(0, Finder())
     from trainer.openrlhf import hook
     hook.setup()  # what Ray runs first in every worker
+    import logging
+    logging.getLogger("tokencredit.openrlhf").info("PLUGIN-LOG-LINE")
     assert not [m for m in sys.modules if m.startswith("openrlhf")], "setup imported openrlhf"
     from openrlhf.trainer.ppo_trainer import BasePPOTrainer  # imports the experience maker too
     from openrlhf.trainer.ppo_utils.experience_maker import RemoteExperienceMaker
     for f in (RemoteExperienceMaker.compute_advantages_and_returns, BasePPOTrainer.train_step,
-              BasePPOTrainer.save_logs_and_checkpoints, BasePPOTrainer.init_checkpoint_states):
+              BasePPOTrainer.save_logs_and_checkpoints, BasePPOTrainer.save_best_checkpoint,
+              BasePPOTrainer.init_checkpoint_states):
         assert getattr(f, "__tokencredit_wrapped__", False), f
     print("PATCHED")
     """
@@ -209,7 +227,8 @@ STUBBED_IMPORT = textwrap.dedent(
 
 
 def test_setup_hook_patches_openrlhf_when_the_trainer_imports_it(stub_roots):
-    """In a fresh interpreter, as in a Ray worker: setup() imports nothing of OpenRLHF, and the
+    """In a fresh interpreter, as in a Ray worker: setup() imports nothing of OpenRLHF, the
+    plugin's INFO lines reach stderr (Ray workers have no log handler of their own), and the
     classes are wrapped as soon as OpenRLHF's trainer module is imported."""
     env = {**os.environ, "TOKENCREDIT_URLS": "http://t:1", "TOKENCREDIT_METHOD": "antisd"}
     env["PYTHONPATH"] = os.pathsep.join([str(launch.REPO_ROOT), env.get("PYTHONPATH", "")])
@@ -218,6 +237,7 @@ def test_setup_hook_patches_openrlhf_when_the_trainer_imports_it(stub_roots):
         [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300
     )
     assert out.returncode == 0 and "PATCHED" in out.stdout, out.stderr[-3000:]
+    assert "INFO tokencredit.openrlhf: PLUGIN-LOG-LINE" in out.stderr
 
 
 def test_setup_fails_the_worker_on_bad_configuration(monkeypatch):
@@ -230,7 +250,6 @@ def test_setup_fails_the_worker_on_bad_configuration(monkeypatch):
         hook.setup()
 
 
-@pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="ray is not installed")
 def test_real_ray_workers_run_the_hook():
     import ray
 
@@ -255,3 +274,49 @@ def test_real_ray_workers_run_the_hook():
     finally:
         ray.shutdown()
     assert got == {"armed": True, "config": config, "openrlhf_imported": False}
+
+
+# ---- refused combinations: the same rules at launch (argv) and at the first step (args) ----
+
+REFUSED = [
+    # (method, extra launcher config, extra train_ppo_ray args, message)
+    ("antisd", {"student": "server"}, ["--rollout.temperature", "0.7"], "temperature"),
+    ("opd", {}, ["--rollout.temperature=1.2"], "temperature"),
+    ("antisd", {}, [], "teacher is the current policy"),
+    ("hsd", {"weights_prefix": "r", "base_weights": "b"}, ["--ckpt.save_hf", "--ckpt.save_steps", "2"], "every step"),
+    ("antisd", {"student": "server"}, ["--algo.dynamic_filtering_enable"], "all-fail groups"),
+    ("hsd", {"student": "server"}, ["--algo.dynamic_filtering_enable"], "all-fail groups"),
+    ("grpo", {}, ["--data.max_images_per_prompt", "2"], "images"),
+    ("opd", {"weights_prefix": "r", "base_weights": "b"}, ["--ckpt.save_hf", "--ckpt.save_steps", "1", "--ds.lora.rank", "16"], "LoRA"),
+    ("opd", {"weights_prefix": "r", "base_weights": "b"}, ["--ckpt.save_hf", "--ckpt.save_steps", "1", "--train.enable_ema"], "EMA"),
+]  # fmt: skip
+ACCEPTED = [
+    ("grpo", {}, ["--rollout.temperature", "0.7", "--algo.dynamic_filtering_enable"]),
+    ("opd", {}, ["--ds.lora.rank", "16", "--train.enable_ema"]),  # fixed teacher: no syncing
+    ("antisd", {"student": "server"}, []),
+    ("antisd", {"weights_prefix": "r", "base_weights": "b"}, ["--ckpt.save_hf", "--ckpt.save_steps", "1"]),
+    ("opsd", {"student": "server"}, ["--algo.dynamic_filtering_enable"]),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("method,extra,args,match", REFUSED)
+def test_refused_combinations_fail_before_ray(method, extra, args, match):
+    config = PluginConfig(urls=("http://t:1",), method=method, **extra)
+    with pytest.raises(ConfigError, match=match):
+        launch.check_openrlhf_args([*TRAIN_ARGS, *args], config)
+
+
+@pytest.mark.parametrize("method,extra,args,match", REFUSED)
+def test_refused_combinations_fail_the_first_step(method, extra, args, match):
+    """For a run started without the launcher: OpenRLHF's parsed args, at the first step."""
+    from trainer.openrlhf.plugin import TeacherCredit, UnsupportedConfig
+
+    config = PluginConfig(urls=("http://t:1",), method=method, **extra)
+    with pytest.raises(UnsupportedConfig, match=match):
+        TeacherCredit(config).check(launch.openrlhf_args([*TRAIN_ARGS, *args]))
+
+
+@pytest.mark.parametrize("method,extra,args", ACCEPTED)
+def test_supported_combinations_pass(method, extra, args):
+    config = PluginConfig(urls=("http://t:1",), method=method, **extra)
+    launch.check_openrlhf_args([*TRAIN_ARGS, *args], config)
