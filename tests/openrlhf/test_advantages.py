@@ -150,6 +150,7 @@ def server_logprobs(server, context_ids, target_ids):
 
 
 def direct_advantages(server, samples, method, step, state, student):
+    """One unsplit call; ``student=None`` lets the server score the student."""
     groups = []
     for g in range(len(samples) // N_SAMPLES):
         members = samples[g * N_SAMPLES : (g + 1) * N_SAMPLES]
@@ -164,8 +165,12 @@ def direct_advantages(server, samples, method, step, state, student):
                     {
                         "response_ids": s["_response_ids"],
                         "reward": s["reward"],
-                        "student_logprobs": student[g * N_SAMPLES + k].tolist(),
                     }
+                    | (
+                        {"student_logprobs": student[g * N_SAMPLES + k].tolist()}
+                        if student is not None
+                        else {}
+                    )
                     for k, s in enumerate(members)
                 ],
             }
@@ -201,10 +206,16 @@ def written(batches, samples):
     return [rows[i] for i in range(len(samples))]
 
 
-@pytest.fixture
-def teacher(server):
+@pytest.fixture(params=["trainer"])
+def teacher(server, request):
     credit = TeacherCredit(
-        PluginConfig(urls=(server.url,), method="antisd", params=PARAMS, timeout=300.0)
+        PluginConfig(
+            urls=(server.url,),
+            method="antisd",
+            params=PARAMS,
+            timeout=300.0,
+            student=request.param,
+        )
     )
     plugin_mod.set_plugin(credit)
     yield credit
@@ -215,10 +226,13 @@ def teacher(server):
 # ---- tests ---------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("teacher", ["server"], indirect=True)
 @pytest.mark.parametrize("dynamic", [False, True], ids=["micro_batches", "dynamic_batching"])
 def test_wrapped_advantages_equal_direct_call_token_by_token(
     orlhf, hf_model, server, teacher, dynamic
 ):
+    """AntiSD's teacher is the current policy: without syncing every step the plugin runs it
+    with the pool scoring the student too (``student=server``)."""
     plugin_mod.patch_experience_maker(orlhf.experience_maker)
     samples = rollouts(hf_model[1])
     maker, batches = make_experiences(orlhf, hf_model, samples, dynamic)
@@ -239,7 +253,6 @@ def test_wrapped_advantages_equal_direct_call_token_by_token(
 
         # Alignment: action_log_probs column j is token T - A + j = j + 1, so the response's
         # columns hold log p(response token | prompt + earlier response), as /v1/logprobs says.
-        student = []
         for s, (_, _, mask, lp, seq, _) in zip(samples, rows):
             P, R = len(s["_prompt_ids"]), len(s["_response_ids"])
             cols = torch.arange(P - 1, P - 1 + R)
@@ -248,9 +261,8 @@ def test_wrapped_advantages_equal_direct_call_token_by_token(
             assert seq[:P].tolist() == s["_prompt_ids"]
             expected_lp = server_logprobs(server, s["_prompt_ids"], s["_response_ids"])
             np.testing.assert_allclose(lp[cols].numpy(), expected_lp, atol=1e-4)
-            student.append(lp[cols].numpy())
         direct, expected_state = direct_advantages(
-            server, samples, "antisd", step, expected_state, student
+            server, samples, "antisd", step, expected_state, None
         )
         for (adv, ret, mask, *_), want in zip(rows, direct):
             got = adv[mask].numpy()
@@ -260,6 +272,11 @@ def test_wrapped_advantages_equal_direct_call_token_by_token(
         assert teacher.state == expected_state
         assert teacher.last.stats.rollouts == len(samples)
         assert teacher.last.stats.gate == step  # closed in warm-up, then open
+        # the step's numbers reach OpenRLHF's own per-sample logging (wandb / tensorboard)
+        for exp in batches:
+            B = exp.sequences.shape[0]
+            assert exp.info["tokencredit/gate"].tolist() == [float(step)] * B
+            assert exp.info["tokencredit/advantage_mean"].shape == (B,)
         if step == 1:  # token-level credit: advantages vary inside a response
             assert any(np.ptp(adv[mask].numpy()) > 1e-3 for adv, _, mask, *_ in rows)
     assert teacher.calls == 2
@@ -304,8 +321,10 @@ def test_left_padded_prompts(orlhf, hf_model, server, teacher):
     for s, g_prompt, r in zip(
         samples, [g["prompt_ids"] for g in batch.groups for _ in range(4)], flat
     ):
-        assert g_prompt == s["_prompt_ids"]
-        assert r["response_ids"] == s["_response_ids"]
+        # NumPy views of the experience's tensors, packed by the client (no list per token)
+        assert isinstance(g_prompt, np.ndarray) and isinstance(r["response_ids"], np.ndarray)
+        assert g_prompt.tolist() == s["_prompt_ids"]
+        assert r["response_ids"].tolist() == s["_response_ids"]
         want = server_logprobs(server, s["_prompt_ids"], s["_response_ids"])
         np.testing.assert_allclose(r["student_logprobs"], want, atol=1e-4)
         student.append(r["student_logprobs"])
@@ -322,11 +341,13 @@ def test_server_down_raises_after_retries_and_writes_nothing(orlhf, hf_model):
     exp = left_padded_experience(orlhf, hf_model, samples)
     exp.advantages = sentinel = torch.full(exp.action_mask.shape, 7.0)
     dead = TeacherCredit(
-        PluginConfig(urls=(f"http://127.0.0.1:{free_port()}",), method="antisd", retries=2)
+        PluginConfig(
+            urls=(f"http://127.0.0.1:{free_port()}",), method="antisd", retries=2, step_retry=0
+        )
     )
     with pytest.raises(ConnectError) as info:
         dead.apply([exp], N_SAMPLES, step=3)
-    assert info.value.attempts == 3  # the client's transport retried; the plugin did not
+    assert info.value.attempts == 3  # the client's transport retried; no step retry (0 s)
     assert exp.advantages is sentinel and dead.state is None and dead.calls == 0
     dead.client.close()
 
