@@ -30,11 +30,12 @@ import concurrent.futures as cf
 from collections.abc import Sequence
 from typing import Any
 
-from client import AdvantagesResult, TeacherClient, Timeout
+from client import AdvantagesResult, DecodeError, TeacherClient, Timeout
 
 # Methods that need the teacher and whose numbers depend on the whole batch.
 BATCH_WIDE = frozenset({"antisd", "hsd", "opd"})
 PEER_DRAWS = frozenset({"antisd", "hsd"})  # methods whose teacher context draws peers
+NEEDS_ENTROPY = frozenset({"antisd"})  # methods whose math reads the teacher's entropy
 
 
 def splits_exactly(method: str, params: dict[str, Any]) -> bool:
@@ -151,7 +152,12 @@ def sharded_advantages(
                     "student_logprobs": d.student_logprobs,
                     "teacher_logprobs": d.teacher_logprobs,
                 }
-                if d.teacher_entropy is not None:
+                if method in NEEDS_ENTROPY:
+                    if d.teacher_entropy is None:  # phase 2 would score the teacher again
+                        raise DecodeError(
+                            f"{method}: the pool's /v1/advantages details carry no "
+                            "teacher_entropy; update the servers"
+                        )
                     extra["teacher_entropy"] = d.teacher_entropy
                 rollouts.append({**rollout, **extra})
             filled.append({**groups[i], "rollouts": rollouts})
