@@ -127,11 +127,10 @@ class TeacherCredit:
         )
         weights = self.weights
         if weights is not None and weights.required is None:
-            weights.start(step, ckpt_path)  # the run's own weights before its first call
-        result = retry_within(
+            # the run's own weights before its first call
+            self._persist(lambda: weights.start(step, ckpt_path))
+        result = self._persist(
             lambda: self._call(batch, step),
-            StepRetry(seconds=self.config.step_retry),
-            on_wait=self._log_wait,
             recover=lambda exc: weights is not None and weights.resync(),
         )
         advantages = result.flat()
@@ -156,6 +155,15 @@ class TeacherCredit:
             s.masked_rollouts,
         )
         return result
+
+    def _persist(self, call, recover=None):
+        """``call()`` tried again for ``step_retry`` seconds after the transport gave up."""
+        return retry_within(
+            call,
+            StepRetry(seconds=self.config.step_retry),
+            on_wait=self._log_wait,
+            recover=recover,
+        )
 
     def _call(self, batch: Batch, step: int) -> AdvantagesResult:
         return sharded_advantages(
@@ -198,7 +206,7 @@ class TeacherCredit:
         weights = self.weights
         if weights is None or not args.ckpt.save_hf or global_step % args.ckpt.save_steps != 0:
             return
-        weights.publish(global_step, args.ckpt.path)
+        self._persist(lambda: weights.publish(global_step, args.ckpt.path))
 
 
 def check_finite(advantages: list[Any]) -> None:

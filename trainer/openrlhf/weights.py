@@ -33,7 +33,7 @@ import shutil
 import time
 from collections.abc import Callable, Sequence
 
-from client import TeacherClient
+from client import TeacherClient, Timeout
 
 log = logging.getLogger("tokencredit.openrlhf")
 
@@ -41,6 +41,8 @@ log = logging.getLogger("tokencredit.openrlhf")
 # with Unix seconds as the epoch, versions stay below 2^53 (exact in JSON doubles) until 2255.
 STEP_SPAN = 1_000_000
 HF_FOLDER = re.compile(r"^global_step(\d+)_hf$")
+# Read timeout of one replica's POST /v1/weights (load beside the old weights, then swap).
+LOAD_SECONDS = 1800.0
 
 
 class WeightsError(RuntimeError):
@@ -68,7 +70,13 @@ class TeacherWeights:
         self.run_epoch = int(time.time()) if run_epoch is None else run_epoch
         self.prune = prune
         make = client_factory or (
-            lambda url: TeacherClient(url, api_key=api_key, admin_key=admin_key)
+            lambda url: TeacherClient(
+                url,
+                api_key=api_key,
+                admin_key=admin_key,
+                # loading a checkpoint from shared storage takes minutes at 8B
+                timeout=Timeout(LOAD_SECONDS, connect=5.0),
+            )
         )
         self._clients = {url: make(url) for url in self.urls}
         self.required: int | None = None  # min_weights_version of every call
