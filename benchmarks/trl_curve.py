@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import time
 from pathlib import Path
 
@@ -179,9 +178,15 @@ def main():
         "TC_LOG_LEVEL": "warning",
         "OMP_NUM_THREADS": "1",
     }
-    result = {"command": "nice -n 10 python benchmarks/trl_curve.py " + " ".join(
-        f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
-        for k, v in vars(a).items()), "runs": {}, "eval_problems": a.eval_problems}
+    result = {
+        "command": "nice -n 10 python benchmarks/trl_curve.py "
+        + " ".join(
+            f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
+            for k, v in vars(a).items()
+        ),
+        "runs": {},
+        "eval_problems": a.eval_problems,
+    }
     started = time.perf_counter()
     with ServerProcess(env=env, log_path=work / "server.log") as server:
         for method in a.methods:
@@ -189,8 +194,16 @@ def main():
                 fn = run_trl if trainer == "trl" else run_toy
                 out = work / f"{trainer}-{method}"
                 print(f"== {trainer} {method}", flush=True)
-                r = fn(method, a.steps, a.seed, server.url, str(work / "weights"), out,
-                       a.eval_every, a.eval_problems)
+                r = fn(
+                    method,
+                    a.steps,
+                    a.seed,
+                    server.url,
+                    str(work / "weights"),
+                    out,
+                    a.eval_every,
+                    a.eval_problems,
+                )
                 result["runs"][f"{trainer}/{method}"] = r
                 print(json.dumps({"eval": r["eval"], "s/step": r["seconds_per_step"]}), flush=True)
                 Path(a.out).parent.mkdir(parents=True, exist_ok=True)
@@ -202,17 +215,21 @@ def main():
 
 def report(result, figure):
     runs = result["runs"]
-    print("| run | eval acc @0 | final eval acc [95% Wilson] | train reward, 2nd half [95%] | "
-          "s/step gen | scoring | student lp | update | push | total |")
+    print(
+        "| run | eval acc @0 | final eval acc [95% Wilson] | train reward, 2nd half [95%] | "
+        "s/step gen | scoring | student lp | update | push | total |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|")
     for name, r in runs.items():
         ev, rw, s = r["eval"], r["reward"], r["seconds_per_step"]
         lo, hi = wilson(ev[-1][1], result.get("eval_problems", 200))
-        m, h = t_interval(rw[len(rw) // 2:])
-        print(f"| {name} | {ev[0][1]:.3f} | {ev[-1][1]:.3f} [{lo:.3f}, {hi:.3f}] | "
-              f"{m:.3f} ± {h:.3f} | {s['generation']:.2f} | {s['scoring']:.2f} | "
-              f"{s.get('student_logprobs', 0.0):.2f} | {s['update']:.2f} | {s['push']:.2f} | "
-              f"{s['total']:.2f} |")
+        m, h = t_interval(rw[len(rw) // 2 :])
+        print(
+            f"| {name} | {ev[0][1]:.3f} | {ev[-1][1]:.3f} [{lo:.3f}, {hi:.3f}] | "
+            f"{m:.3f} ± {h:.3f} | {s['generation']:.2f} | {s['scoring']:.2f} | "
+            f"{s.get('student_logprobs', 0.0):.2f} | {s['update']:.2f} | {s['push']:.2f} | "
+            f"{s['total']:.2f} |"
+        )
     methods = sorted({k.split("/")[1] for k in runs})
     print("\n| method | TRL − toy train reward per step, paired on the same problems [95%] |")
     print("|---|---|")

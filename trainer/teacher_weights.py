@@ -38,7 +38,9 @@ TEACHER_WEIGHTS = {
 }
 
 # Methods whose teacher is (a copy of) the policy being trained: their teacher must follow it.
-FOLLOWS_POLICY = frozenset(m for m, w in TEACHER_WEIGHTS.items() if w in ("ema", "resync", "current"))
+FOLLOWS_POLICY = frozenset(
+    m for m, w in TEACHER_WEIGHTS.items() if w in ("ema", "resync", "current")
+)
 # Methods that never run a teacher forward: student log-probs and teacher weights are unused.
 NO_TEACHER = frozenset(m for m, w in TEACHER_WEIGHTS.items() if w == "none")
 

@@ -98,7 +98,8 @@ def test_advantages_in_the_loss_equal_a_direct_call(tiny_config, make_trainer, t
     for b in range(B):
         ids, adv = loss_in["completion_ids"][b], loss_in["advantages"][b]
         assert any(
-            torch.equal(ids, batch["completion_ids"][j]) and torch.equal(adv, batch["advantages"][j])
+            torch.equal(ids, batch["completion_ids"][j])
+            and torch.equal(adv, batch["advantages"][j])
             for j in range(B)
         ), f"loss row {b} has advantages that no generated rollout got"
 
@@ -112,7 +113,7 @@ def test_antisd_state_round_trips_through_a_checkpoint(tiny_config, make_trainer
 
     class Spy(TokenCreditGRPOTrainer):
         def _generate_and_score_completions(self, inputs):
-            self.sent_states = getattr(self, "sent_states", []) + [self.credit_state]
+            self.sent_states = [*getattr(self, "sent_states", []), self.credit_state]
             return super()._generate_and_score_completions(inputs)
 
     resumed = make_trainer(tiny_config("antisd", max_steps=3), trainer_cls=Spy)

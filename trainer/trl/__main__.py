@@ -118,7 +118,7 @@ def start_server(model: str, out: Path, threads: int, stack: ExitStack) -> tuple
         "OMP_WAIT_POLICY": "PASSIVE",
         "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])),
     }
-    log = stack.enter_context(open(out / "server.log", "w"))
+    log = stack.enter_context(open(out / "server.log", "w"))  # noqa: SIM115 - closed by the stack
     cmd = [sys.executable, "-m", "uvicorn", "server.app:app", "--host", "127.0.0.1"]
     proc = subprocess.Popen(
         [*cmd, "--port", str(port)], env=env, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT

@@ -43,7 +43,7 @@ class TokenCreditConfig(GRPOConfig):
     )
     # Overrides of the method's parameters (docs/algorithms.md §1), a dict or a JSON object.
     credit_params: dict[str, Any] | str | None = field(
-        default=None, metadata={"help": 'method parameters as JSON, e.g. \'{"mix": 0.5}\'.'}
+        default=None, metadata={"help": "method parameters as JSON, e.g. '{\"mix\": 0.5}'."}
     )
     # Base seed of the server's peer draws; the call at step k sends credit_seed + k.
     credit_seed: int = field(default=0, metadata={"help": "base seed of the server's draws."})
@@ -67,7 +67,8 @@ class TokenCreditConfig(GRPOConfig):
     # Push the teacher's weights every this many optimizer steps; None: 20 for rlsd (its frozen
     # copy's re-sync period), else 1.
     teacher_sync_steps: int | None = field(
-        default=None, metadata={"help": "push weights every k optimizer steps (default 1; rlsd 20)."}
+        default=None,
+        metadata={"help": "push weights every k optimizer steps (default 1; rlsd 20)."},
     )
     # SDPO's EMA teacher: ema <- (1 - rate) * ema + rate * theta after every optimizer step.
     teacher_ema_rate: float = field(default=0.05, metadata={"help": "SDPO teacher EMA rate."})

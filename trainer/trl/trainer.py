@@ -186,7 +186,9 @@ class TokenCreditGRPOTrainer(GRPOTrainer):
                 columns,
             )
         except AlignmentError as exc:
-            raise TeacherCreditError(f"step {step}: cannot build /v1/advantages groups: {exc}")
+            raise TeacherCreditError(
+                f"step {step}: cannot build /v1/advantages groups: {exc}"
+            ) from exc
 
         started = time.perf_counter()
         try:
@@ -223,9 +225,13 @@ class TokenCreditGRPOTrainer(GRPOTrainer):
         as ``_compute_loss`` takes them (same helper, same temperature). The attention mask
         covers every generated token even when ``mask_truncated_completions`` zeroed a row."""
         completion_ids = output["completion_ids"]
-        B, C = completion_ids.shape
-        lengths_B = torch.tensor([len(c) for c in completion_ids_list], device=completion_ids.device)
-        attn_BC = (torch.arange(C, device=completion_ids.device)[None, :] < lengths_B[:, None]).long()
+        C = completion_ids.shape[1]
+        lengths_B = torch.tensor(
+            [len(c) for c in completion_ids_list], device=completion_ids.device
+        )
+        attn_BC = (
+            torch.arange(C, device=completion_ids.device)[None, :] < lengths_B[:, None]
+        ).long()
         ids = torch.cat([output["prompt_ids"], completion_ids], dim=1)
         attn = torch.cat([output["prompt_mask"], attn_BC], dim=1)
         logps_BC, _, _ = self._get_per_token_logps_and_entropies(
@@ -286,7 +292,11 @@ class TokenCreditGRPOTrainer(GRPOTrainer):
     def credit_checkpoint(self) -> dict[str, Any]:
         """What a resumed run needs: the method state (AntiSD's gate) and the call count. The
         weights version is left out: a resumed run pushes its weights before its first batch."""
-        return {"method": self.args.credit_method, "state": self.credit_state, "calls": self.credit_calls}
+        return {
+            "method": self.args.credit_method,
+            "state": self.credit_state,
+            "calls": self.credit_calls,
+        }
 
     def _save_checkpoint(self, model, trial):
         super()._save_checkpoint(model, trial)
