@@ -154,3 +154,36 @@ def test_configurations_that_would_mistrain_are_refused(tmp_path, overrides, mes
     kw.setdefault("teacher_weights_root", str(tmp_path))
     with pytest.raises(ValueError, match=message):
         TokenCreditConfig(**{**kw, **overrides})
+
+
+@pytest.mark.parametrize(
+    "method", ["grpo", "dr_grpo", "opd", "opsd", "sdpo", "rlsd", "hsd", "antisd", "amrsd"]
+)
+def test_every_method_takes_a_step_by_name(method, tiny_config, make_trainer, trl_server):
+    trainer = make_trainer(tiny_config(method, max_steps=1))
+    trainer.train()
+    assert trainer.credit_calls == 1
+    assert trainer.last_credit.method == method
+    pushed = trainer.min_weights_version is not None
+    # Teachers that follow the policy, and OPSD's initial policy, start from the trainer's own
+    # weights; OPD's teacher is the served model and GRPO has none: nothing is pushed.
+    assert pushed == (method not in ("grpo", "dr_grpo", "opd"))
+
+
+def test_sdpo_ema_teacher_resumes_from_the_checkpoint(tiny_config, make_trainer):
+    cfg = tiny_config("sdpo", max_steps=2, save_strategy="steps", save_steps=2)
+    first = make_trainer(cfg)
+    first.train()
+    ema_saved = params_of(first._ema)
+    policy = params_of(first.model)
+    assert any(not torch.equal(ema_saved[k], policy[k]) for k in policy)  # EMA lags the policy
+
+    class Spy(TokenCreditGRPOTrainer):
+        def _generate_and_score_completions(self, inputs):
+            self.ema_at_first_batch = params_of(self._ema)
+            return super()._generate_and_score_completions(inputs)
+
+    resumed = make_trainer(tiny_config("sdpo", max_steps=3), trainer_cls=Spy)
+    resumed.train(resume_from_checkpoint=str(first.args.output_dir) + "/checkpoint-2")
+    for k, v in ema_saved.items():
+        torch.testing.assert_close(resumed.ema_at_first_batch[k], v, atol=0, rtol=0)

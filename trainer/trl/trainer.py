@@ -17,7 +17,8 @@ optimizer, logging, checkpoints) is TRL's.
 
 Per generation batch: the method ``state`` of the previous call (AntiSD's entropy gate), the
 global ``step`` and ``seed = credit_seed + step`` go with the request; the returned state is kept
-and saved in TRL's checkpoints (``tokencredit_state.json``), and restored on resume. For methods
+and saved in TRL's checkpoints (``tokencredit_state.json``, and SDPO's EMA teacher), and
+restored on resume. For methods
 whose teacher follows the policy the weights reach the server every ``teacher_sync_steps`` steps
 through ``POST /v1/weights`` (`trainer.teacher_weights.WeightPusher`), and later calls require
 that ``min_weights_version``.
@@ -50,6 +51,7 @@ log = logging.getLogger("tokencredit.trl")
 
 # Saved in every TRL checkpoint folder beside trainer_state.json.
 CHECKPOINT_FILE = "tokencredit_state.json"
+EMA_FOLDER = "tokencredit_ema"  # SDPO's EMA teacher, beside it
 
 
 class TeacherCreditError(RuntimeError):
@@ -276,6 +278,8 @@ class TokenCreditGRPOTrainer(GRPOTrainer):
             return
         started = time.perf_counter()
         source = self._ema if self._ema is not None else self.accelerator.unwrap_model(self.model)
+        if policy == "initial" and step > 0:
+            source = self._initial_policy()  # a resumed opsd run: its teacher stays the start
         try:
             version = self._pusher.push(source, self.processing_class, f"step-{step:06d}")
         except TokenCreditError as exc:
@@ -286,6 +290,19 @@ class TokenCreditGRPOTrainer(GRPOTrainer):
         self._last_push_step = step
         self._phase_seconds["push"] = time.perf_counter() - started
         log.info("tokencredit: teacher weights of step %d loaded as version %d", step, version)
+
+    def _initial_policy(self) -> torch.nn.Module:
+        """The policy's starting weights, reloaded from the folder the model came from."""
+        from transformers import AutoModelForCausalLM
+
+        model = self.accelerator.unwrap_model(self.model)
+        path = getattr(model.config, "_name_or_path", "")
+        if not path or not os.path.isdir(path):
+            raise TeacherCreditError(
+                f"resuming {self.args.credit_method!r} needs its teacher's initial policy, but the "
+                f"model's source {path!r} is not a local folder to reload it from"
+            )
+        return AutoModelForCausalLM.from_pretrained(path, dtype=model.dtype)
 
     # ---- checkpoints -----------------------------------------------------------------------
 
@@ -306,6 +323,8 @@ class TokenCreditGRPOTrainer(GRPOTrainer):
             )
             with open(os.path.join(folder, CHECKPOINT_FILE), "w") as f:
                 json.dump(self.credit_checkpoint(), f)
+            if self._ema is not None:  # SDPO's EMA teacher continues on resume
+                self._ema.save_pretrained(os.path.join(folder, EMA_FOLDER))
 
     def _load_optimizer_and_scheduler(self, checkpoint):
         super()._load_optimizer_and_scheduler(checkpoint)
@@ -324,6 +343,14 @@ class TokenCreditGRPOTrainer(GRPOTrainer):
                 f"checkpoint {checkpoint} was trained with credit_method={saved.get('method')!r}, "
                 f"not {self.args.credit_method!r}"
             )
+        if self._ema is not None:
+            from transformers import AutoModelForCausalLM
+
+            ema_path = os.path.join(checkpoint, EMA_FOLDER)
+            if not os.path.isdir(ema_path):
+                raise TeacherCreditError(f"{ema_path} is missing: SDPO's EMA teacher cannot resume")
+            saved_ema = AutoModelForCausalLM.from_pretrained(ema_path, dtype=self._ema.dtype)
+            self._ema.load_state_dict(saved_ema.state_dict())
         self.credit_state = saved.get("state")
         self.credit_calls = int(saved.get("calls", 0))
         log.info("tokencredit: method state restored from %s (%d calls)", path, self.credit_calls)
