@@ -42,7 +42,7 @@ import torch
 from tqdm import tqdm
 
 from client import AdvantagesResult, TeacherClient
-from trainer.teacher_weights import TEACHER_WEIGHTS, WeightPusher
+from trainer.teacher_weights import NO_TEACHER, TEACHER_WEIGHTS, WeightPusher
 from trainer.toy import analysis
 from trainer.toy.arith import Problem, generate_problems, is_correct, random_problem
 from trainer.toy.contexts import chat_prompt, student_user
@@ -51,7 +51,6 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_MODEL = REPO_ROOT / "server" / "default_model"
 
 METHODS = ("grpo", "dr_grpo", "opd", "opsd", "sdpo", "rlsd", "hsd", "antisd", "amrsd")
-NO_TEACHER = frozenset({"grpo", "dr_grpo"})
 
 EVAL_SEED = 10_000  # the held-out set of scripts/eval_default_model.py
 TRAIN_SEED_OFFSET = 1_000  # training problems come from Random(TRAIN_SEED_OFFSET + seed)
