@@ -147,6 +147,7 @@ def test_a_server_error_fails_the_step(failure, tiny_config, make_trainer):
         ({"credit_method": "antisd", "teacher_weights_root": None}, "teacher_weights_root"),
         ({"credit_method": "opsd", "teacher_weights_root": None}, "teacher_weights_root"),
         ({"credit_method": "nope"}, "not a method"),
+        ({"credit_method": "grpo", "scale_rewards": "none"}, "credit_method"),
     ],
 )
 def test_configurations_that_would_mistrain_are_refused(tmp_path, overrides, message):

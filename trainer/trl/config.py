@@ -113,6 +113,17 @@ class TokenCreditConfig(GRPOConfig):
                 "of the server's TC_WEIGHTS_ROOT so the trainer can push them; without it the "
                 "server would score with whatever model it loaded"
             )
+        if (
+            self.scale_rewards != "group"
+            or self.multi_objective_aggregation != "sum_then_normalize"
+        ):
+            # TRL's own advantage options would be dropped with TRL's advantages.
+            raise ValueError(
+                "scale_rewards and multi_objective_aggregation shape TRL's advantages, which "
+                "tokencredit replaces: leave them at their defaults and choose the baseline with "
+                "credit_method (dr_grpo: no std) or credit_params (grpo_std: unbiased, "
+                "population or none)"
+            )
         if not 0.0 < self.teacher_ema_rate <= 1.0:
             raise ValueError(f"teacher_ema_rate must be in (0, 1], got {self.teacher_ema_rate}")
 
