@@ -153,7 +153,13 @@ class TokenCreditGRPOTrainer(GRPOTrainer):
         mode = "train" if self.model.training else "eval"
         if mode == "train":
             self._sync_teacher()
+        self._generated = self._rewards_per_func = None
         output = super()._generate_and_score_completions(inputs)
+        if self._generated is None or self._rewards_per_func is None:
+            raise TeacherCreditError(
+                "TRL did not go through _generate and _calculate_rewards for this batch "
+                "(a changed TRL version?): the completions to score are unknown"
+            )
         prompt_ids_list, completion_ids_list = self._generated[0], self._generated[1]
         C = output["completion_ids"].size(1)
         cfg = self.args
