@@ -31,7 +31,6 @@ import copy
 import json
 import os
 import random
-import shutil
 import time
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
@@ -43,6 +42,7 @@ import torch
 from tqdm import tqdm
 
 from client import AdvantagesResult, TeacherClient
+from trainer.teacher_weights import NO_TEACHER, TEACHER_WEIGHTS, WeightPusher
 from trainer.toy import analysis
 from trainer.toy.arith import Problem, generate_problems, is_correct, random_problem
 from trainer.toy.contexts import chat_prompt, student_user
@@ -51,25 +51,6 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_MODEL = REPO_ROOT / "server" / "default_model"
 
 METHODS = ("grpo", "dr_grpo", "opd", "opsd", "sdpo", "rlsd", "hsd", "antisd", "amrsd")
-NO_TEACHER = frozenset({"grpo", "dr_grpo"})
-
-# Teacher weights per method (ALGORITHMS.md §1, "teacher weights" column).
-#   none:    no teacher forward, nothing to push
-#   initial: the fixed initial policy (OPSD), or the loaded model as an external teacher (OPD)
-#   ema:     an EMA of the policy, rate ema_rate (SDPO)
-#   resync:  a frozen copy re-synced every resync_every steps (RLSD)
-#   current: the current policy, pushed every push_every steps (HSD, AntiSD, AMR-SD)
-TEACHER_WEIGHTS = {
-    "grpo": "none",
-    "dr_grpo": "none",
-    "opd": "initial",
-    "opsd": "initial",
-    "sdpo": "ema",
-    "rlsd": "resync",
-    "hsd": "current",
-    "antisd": "current",
-    "amrsd": "current",
-}
 
 EVAL_SEED = 10_000  # the held-out set of scripts/eval_default_model.py
 TRAIN_SEED_OFFSET = 1_000  # training problems come from Random(TRAIN_SEED_OFFSET + seed)
@@ -374,41 +355,6 @@ def lr_at(step: int, cfg: Config) -> float:
 
 
 # ---- Teacher weights ----------------------------------------------------------------------------
-
-
-class WeightPusher:
-    """Saves checkpoints under the server's weights root and loads them with ``POST /v1/weights``.
-
-    Keeps only the newest checkpoint folder: the server holds the weights in memory once loaded.
-    """
-
-    def __init__(self, client: TeacherClient, weights_root: str, run_name: str):
-        self.client = client
-        self.root = Path(weights_root) if weights_root else None
-        self.run_name = run_name
-        self.version: int | None = None
-        self._last: Path | None = None
-        self.seconds = 0.0
-
-    @property
-    def enabled(self) -> bool:
-        return self.root is not None
-
-    def push(self, model, tokenizer, tag: str) -> int | None:
-        if self.root is None:
-            return None
-        started = time.perf_counter()
-        rel = Path(self.run_name) / tag
-        folder = self.root / rel
-        model.save_pretrained(folder)
-        tokenizer.save_pretrained(folder)
-        res = self.client.load_weights(str(rel))
-        if self._last is not None and self._last != folder:
-            shutil.rmtree(self._last, ignore_errors=True)
-        self._last = folder
-        self.version = res.weights_version
-        self.seconds += time.perf_counter() - started
-        return self.version
 
 
 # ---- Main ---------------------------------------------------------------------------------------
