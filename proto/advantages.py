@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any
 
 from pydantic import Field, model_validator
 from pydantic_core import PydanticCustomError
@@ -11,8 +11,17 @@ from proto.arrays import Encoding, FloatArray, FloatArrayOut, IdArray
 from proto.base import WireModel
 from proto.hints import Reflection
 
+# The methods this release serves (docs/algorithms.md). The wire type is an id, not an enum: the
+# server checks it against its registry (422 on `method`), so a new method is one server module.
 METHODS = ("grpo", "dr_grpo", "opd", "opsd", "sdpo", "rlsd", "hsd", "antisd", "amrsd")
-Method = Literal["grpo", "dr_grpo", "opd", "opsd", "sdpo", "rlsd", "hsd", "antisd", "amrsd"]
+Method = Annotated[
+    str,
+    Field(
+        pattern=r"^[a-z][a-z0-9_]{0,63}$",
+        description="A credit method id: " + ", ".join(METHODS) + " (GET /v1/model lists them).",
+        examples=list(METHODS),
+    ),
+]
 
 
 def length_mismatch(field: str, got: int, want: int) -> PydanticCustomError:
@@ -77,8 +86,12 @@ class AdvantagesRequest(WireModel):
 
 
 class RolloutDetails(WireModel):
-    student_logprobs: FloatArrayOut
-    teacher_logprobs: FloatArrayOut
+    student_logprobs: FloatArrayOut | None = Field(
+        default=None, description="null for methods without a teacher (grpo, dr_grpo)."
+    )
+    teacher_logprobs: FloatArrayOut | None = Field(
+        default=None, description="null for methods without a teacher (grpo, dr_grpo)."
+    )
     teacher_entropy: FloatArrayOut | None = Field(
         default=None, description="The teacher's per-token entropy, for methods that use it."
     )

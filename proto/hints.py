@@ -8,8 +8,9 @@ from typing import Literal
 from pydantic import Field, field_validator
 
 from proto.base import WireModel
+from proto.prompts import PromptTooLarge, check_uses
 
-# Placeholders a reflection template may use (server/templates.py REFLECTION_PROMPT and blocks).
+# Placeholders a reflection template may use (proto/prompts.py REFLECTION_PROMPT and blocks).
 REFLECTION_PLACEHOLDERS = (
     "problem",  # the group's problem
     "attempt",  # this rollout's text, <think> blocks removed, right-truncated to fit
@@ -44,8 +45,9 @@ class HintGroup(WireModel):
 class ReflectionTemplates(WireModel):
     """Override the reflection prompt (the user message) for correct (`hint`) or failed
     (`critique`) rollouts. Placeholders: `{problem}`, `{attempt}`, `{grade}`, `{peer_block}`,
-    `{feedback_block}`, `{peer}`, `{feedback}`, `{kind}`, `{focus}`; other braces are kept
-    literally. The reference answer is never a placeholder. See docs/hints.md."""
+    `{feedback_block}`, `{peer}`, `{feedback}`, `{kind}`, `{focus}`, each at most 8 times; other
+    braces are kept literally, and text filled in is never filled again. The reference answer is
+    never a placeholder. See docs/hints.md."""
 
     hint: str | None = Field(default=None, min_length=1)
     critique: str | None = Field(default=None, min_length=1)
@@ -62,6 +64,10 @@ class ReflectionTemplates(WireModel):
                     f"unknown placeholder {{{unknown[0]}}}; allowed: "
                     + ", ".join("{" + n + "}" for n in REFLECTION_PLACEHOLDERS)
                 )
+            try:  # bounded uses: a template cannot multiply the caller's text
+                check_uses(value, set(REFLECTION_PLACEHOLDERS))
+            except PromptTooLarge as exc:
+                raise ValueError(str(exc)) from None
         return value
 
 

@@ -1,14 +1,18 @@
 """POST /v1/advantages: per-token credit for a batch of groups in one call.
 
 1. Flatten the groups' rollouts into a batch (B rollouts, padded to T response tokens).
-2. AMR-SD only: the model writes a reflection for every rollout that came without one.
-3. Student log-probs: the caller's, else scored from ``prompt_ids + response_ids``.
-4. Teacher log-probs: the caller's, else scored under the method's teacher context
-   (``server/contexts.py``), with entropy when the method needs it (AntiSD's gate).
+2. The method's peers and context mask (which rollouts have a teacher context at all), in
+   both modes: the mask is part of the method, whoever computes the teacher log-probs.
+3. Methods that need reflections: the model writes one for every rollout that came without one.
+4. Student log-probs: the caller's, else scored from ``prompt_ids + response_ids`` (unless the
+   method needs the caller's, e.g. when the served model is its teacher on the same prompt).
+5. Teacher log-probs: the caller's, else scored under the method's teacher message
+   (``server/contexts.py``), with entropy when the method needs it (an entropy gate).
    Student and teacher items go to the engine in one batch, so shared prefixes (a group's
    prompt, a group's teacher context) are computed once.
-5. The method's pure torch function (``server/credit``) turns them into advantages.
-Steps 2-4 hold one weights lease, so one response comes from one weights version.
+6. The method's pure torch function (``server/credit``) turns them into advantages.
+Steps 3-5 hold one weights lease, so one response comes from one weights version.
+This module names no method: it asks the method (``server.credit.method.CreditMethod``).
 """
 
 from __future__ import annotations
@@ -22,9 +26,17 @@ import numpy as np
 import pydantic
 import torch
 
-from proto import AdvantagesRequest, Reflection, encode_array
-from server.contexts import ContextBuilder, GroupView, MissingField, RolloutView, TeacherContext
-from server.credit import CreditInputs, CreditMethod, CreditParams, get_method
+from proto import AdvantagesRequest, Reflection, encode_array, prompts
+from server.contexts import ContextBuilder, ContextError, TeacherContext
+from server.credit import (
+    CreditInputs,
+    CreditMethod,
+    CreditParams,
+    GroupView,
+    RolloutView,
+    UnknownMethodError,
+    get_method,
+)
 from server.engines.base import ScoreItem, TeacherEngine
 from server.errors import ServiceError, json_path
 from server.hints import reflect_rollouts
@@ -33,7 +45,10 @@ from server.scoring import check_ids, check_length, score_items
 
 
 def parse_method(request: AdvantagesRequest) -> tuple[CreditMethod, CreditParams]:
-    method = get_method(request.method)
+    try:
+        method = get_method(request.method)
+    except UnknownMethodError as exc:
+        raise ServiceError(422, f"method: {exc}", field="method") from None
     try:
         params = method.parse_params(request.params)
     except pydantic.ValidationError as exc:
@@ -59,6 +74,8 @@ class Batch:
     entropy: list[np.ndarray | None] = field(default_factory=list)
     contexts: list[TeacherContext | None] = field(default_factory=list)
     reflections: list[Reflection | None] = field(default_factory=list)
+    peers: list[int | None] = field(default_factory=list)  # batch index of each rollout's peer
+    context_mask: list[bool] = field(default_factory=list)  # False: no teacher context (masked)
 
     @classmethod
     def from_request(cls, request: AdvantagesRequest, tokenizer) -> Batch:
@@ -85,6 +102,8 @@ class Batch:
         batch.entropy = [r.teacher_entropy for r in batch.raw]
         batch.contexts = [None] * B
         batch.reflections = [None] * B
+        batch.peers = [None] * B
+        batch.context_mask = [True] * B
         return batch
 
     @property
@@ -93,11 +112,6 @@ class Batch:
 
     def response(self, b: int) -> tuple[int, ...]:
         return tuple(self.raw[b].response_ids.tolist())
-
-    @property
-    def context_mask(self) -> list[bool]:
-        """False where the method found no teacher context (the credit math masks the row)."""
-        return [c is None or c.message is not None for c in self.contexts]
 
 
 async def advantages(
@@ -109,9 +123,13 @@ async def advantages(
     method, params = parse_method(request)
     batch = Batch.from_request(request, engine.tokenizer)
     check_request_ids(request, batch, engine.info.vocab_size)
+    check_caller_student(method, batch)
 
     async with runtime.gate.reading(request.min_weights_version) as version:
         await write_missing_reflections(engine, request, method, params, batch)
+        if method.needs_teacher:
+            batch.peers = method.peers(params, batch.rollouts, request.seed)
+            batch.context_mask = method.context_mask(params, batch.rollouts, batch.peers)
         items, slots = plan_scoring(request, method, params, batch, engine)
         started = time.perf_counter()
         outputs = await score_items(runtime, items)
@@ -132,6 +150,16 @@ async def advantages(
         timings["math"] = time.perf_counter() - started
 
 
+def check_caller_student(method: CreditMethod, batch: Batch) -> None:
+    """A method whose student the served model cannot score needs the caller's log-probs."""
+    if method.student_from_caller is None:
+        return
+    for path, student in zip(batch.paths, batch.student):
+        if student is None:
+            field = f"{path}.student_logprobs"
+            raise ServiceError(422, f"{field}: {method.student_from_caller}", field=field)
+
+
 def check_request_ids(request: AdvantagesRequest, batch: Batch, vocab_size: int) -> None:
     for gi, group in enumerate(request.groups):
         if group.prompt_ids is not None:
@@ -143,12 +171,14 @@ def check_request_ids(request: AdvantagesRequest, batch: Batch, vocab_size: int)
 async def write_missing_reflections(
     engine: TeacherEngine, request: AdvantagesRequest, method: CreditMethod, params, batch: Batch
 ) -> None:
-    """AMR-SD: the model writes a hint/critique for every rollout that came without one.
+    """The model writes a hint/critique for every rollout that came without one (methods with
+    ``needs_reflections``).
 
-    Correctness is ``reward >= 0.5``; the reference answer only feeds the leak guard. A leaked,
-    tag-less or truncated reflection falls back to "" (teacher = student prompt, plain GRPO).
+    Correctness is ``reward >= params.success_threshold``; the reference answer only feeds the
+    leak guard. A leaked, tag-less or truncated reflection falls back to "" (the method's teacher
+    message then decides; AMR-SD uses the student prompt).
     """
-    if method.teacher_context != "reflection":
+    if not method.needs_reflections:
         return
     select = [[r.reflection is None for r in g.rollouts] for g in request.groups]
     if not any(any(row) for row in select):
@@ -157,7 +187,9 @@ async def write_missing_reflections(
     for gi, g in enumerate(request.groups):
         if any(select[gi]) and not g.problem:
             raise ServiceError(
-                422, "amrsd writes reflections from groups[].problem", field=f"groups[{gi}].problem"
+                422,
+                f"method {method.id} writes reflections from groups[].problem",
+                field=f"groups[{gi}].problem",
             )
         views = [batch.rollouts[batch.index[(gi, ri)]] for ri in range(len(g.rollouts))]
         groups.append(
@@ -166,7 +198,11 @@ async def write_missing_reflections(
                 "reference_answer": g.reference_answer,
                 "reference_solution": g.reference_solution,
                 "rollouts": [
-                    {"text": v.text, "correct": v.reward >= 0.5, "feedback": v.feedback}
+                    {
+                        "text": v.text,
+                        "correct": v.reward >= params.success_threshold,
+                        "feedback": v.feedback,
+                    }
                     for v in views
                 ],
             }
@@ -192,7 +228,7 @@ def plan_scoring(
 ) -> tuple[list[ScoreItem], list]:
     """The engine items this request still needs: teacher items first, then student items."""
     info = engine.info
-    builder = ContextBuilder(engine.tokenizer, info.max_model_len)
+    builder = ContextBuilder(engine.tokenizer, info.max_model_len, method.id)
     items: list[ScoreItem] = []
     slots: list[tuple[str, int]] = []
     if not method.needs_teacher:
@@ -205,8 +241,16 @@ def plan_scoring(
     ]
     if need_teacher:
         try:
-            built = builder.build(method, params, batch.groups, batch.rollouts, request.seed)
-        except MissingField as exc:
+            built = builder.build(
+                method,
+                params,
+                batch.groups,
+                batch.rollouts,
+                batch.peers,
+                batch.context_mask,
+                need_teacher,
+            )
+        except ContextError as exc:
             raise ServiceError(422, str(exc), field=exc.field) from None
         for b in need_teacher:
             batch.contexts[b] = built[b]
@@ -233,7 +277,17 @@ def student_prompt_ids(
     if group.prompt_ids is not None:
         return tuple(group.prompt_ids.tolist())
     if group.problem:
-        return builder.chat_ids(builder.student_message(group.problem))
+        try:
+            message = prompts.student_message(group.problem, max_chars=builder.max_chars)
+        except prompts.PromptTooLarge:
+            field = f"groups[{gi}].problem"
+            raise ServiceError(
+                422,
+                f"{field}: the student prompt cannot fit the model's max_model_len "
+                f"{builder.max_model_len}",
+                field=field,
+            ) from None
+        return builder.chat_ids(message)
     raise ServiceError(
         422,
         f"groups[{gi}]: give prompt_ids or problem, or student_logprobs for every rollout",
@@ -281,6 +335,10 @@ def compute_response(
             np.zeros(n, np.float32) if x is None else np.asarray(x, np.float32), request.encoding
         )
 
+    def enc_scored(x: np.ndarray | None, n: int):
+        """Log-probs only where the method computed them (null for rewards-only methods)."""
+        return enc(x, n) if method.needs_teacher else None
+
     groups_out: list[dict] = [{"rollouts": []} for _ in request.groups]
     for b, rollout in enumerate(batch.rollouts):
         n = lengths[b]
@@ -288,8 +346,8 @@ def compute_response(
         if request.return_details:
             ctx, reflection = batch.contexts[b], batch.reflections[b]
             entry["details"] = {
-                "student_logprobs": enc(batch.student[b], n),
-                "teacher_logprobs": enc(teacher[b], n),
+                "student_logprobs": enc_scored(batch.student[b], n),
+                "teacher_logprobs": enc_scored(teacher[b], n),
                 "teacher_entropy": enc(batch.entropy[b], n) if method.needs_entropy else None,
                 "signal": enc(signal_BT[b, :n], n),
                 "teacher_context": ctx.message if ctx is not None else None,
@@ -303,7 +361,7 @@ def compute_response(
         "rollouts": B,
         "tokens": tokens,
         "gate": result.gate,
-        "teacher_entropy": gate_statistic(inputs, params) if method.needs_entropy else None,
+        "teacher_entropy": finite_or_none(result.teacher_entropy),
         "mean_abs_signal": float(np.abs(signal_BT[mask_BT.numpy()]).mean()) if tokens else 0.0,
         "masked_rollouts": int(B - sum(context_mask)),
     }
@@ -316,11 +374,5 @@ def compute_response(
     }
 
 
-def gate_statistic(inputs: CreditInputs, params) -> float | None:
-    """The per-step teacher-entropy statistic the AntiSD gate saw (median or mean)."""
-    values = inputs.teacher_entropy_BT[inputs.mask_BT]
-    if values.numel() == 0:
-        return None
-    stat = values.median() if getattr(params, "gate_stat", "median") == "median" else values.mean()
-    value = float(stat)
-    return value if math.isfinite(value) else None
+def finite_or_none(value: float | None) -> float | None:
+    return value if value is not None and math.isfinite(value) else None

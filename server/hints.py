@@ -7,8 +7,10 @@ later becomes the teacher context ``AMRSD_TEACHER`` of ``/v1/advantages``.
 
 Pipeline, per request (``POST /v1/hints``) or per AMR-SD advantages call (``reflect_rollouts``):
 
-1. **Prompt.** Rollout i of a group gets ``REFLECTION_PROMPT`` (``server/templates.py``), or the
-   request's ``templates.hint`` / ``templates.critique``, filled in one pass with::
+1. **Prompt.** Rollout i of a group gets ``REFLECTION_PROMPT`` (``proto/prompts.py``), or the
+   request's ``templates.hint`` / ``templates.critique``, filled in one pass (``prompts.fill``:
+   caller text is never expanded, each placeholder at most ``MAX_PLACEHOLDER_USES`` times, the
+   rendered size bounded before it is built) with::
 
        {problem}         the group's problem
        {attempt}         rollout i's text, <think> blocks removed, right-truncated to fit
@@ -58,10 +60,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from proto import HintsRequest, Reflection
-from proto.hints import REFLECTION_PLACEHOLDERS
-from server import templates as T
+from proto import prompts as T
 from server.answers import extract_final_answer, mentions_answer, normalize_answer
-from server.contexts import ContextBuilder, strip_thinking
+from server.contexts import ContextBuilder, longest_token_chars, strip_thinking
 from server.engines.base import GenerateItem, GenerateOutput, TeacherEngine
 from server.errors import ServiceError
 from server.runtime import Runtime
@@ -69,7 +70,6 @@ from server.runtime import Runtime
 log = logging.getLogger(__name__)
 
 KINDS = ("hint", "critique")
-_FILL = re.compile(r"\{(" + "|".join(REFLECTION_PLACEHOLDERS) + r")\}")
 _SENTENCE_END = re.compile(r"[.!?](?=\s)")
 
 
@@ -132,16 +132,18 @@ def render_message(
     correct: bool,
     peer: str | None = None,
     feedback: str | None = None,
+    max_chars: int | None = None,
 ) -> str:
     """The reflection prompt (user message) for one rollout; placeholders filled in one pass, so a
-    text that happens to contain ``{feedback}`` is never filled again."""
+    text that happens to contain ``{feedback}`` is never filled again. Raises
+    ``prompts.PromptTooLarge`` when the message would exceed ``max_chars``."""
     kind = "hint" if correct else "critique"
     values = {
         "problem": problem,
         "attempt": attempt,
         "grade": "correct" if correct else "incorrect",
-        "peer_block": T.REFLECTION_PEER_BLOCK.replace("{peer}", peer) if peer is not None else "",
-        "feedback_block": T.REFLECTION_FEEDBACK_BLOCK.replace("{feedback}", feedback)
+        "peer_block": T.fill(T.REFLECTION_PEER_BLOCK, peer=peer) if peer is not None else "",
+        "feedback_block": T.fill(T.REFLECTION_FEEDBACK_BLOCK, feedback=feedback)
         if feedback
         else "",
         "peer": peer or "",
@@ -149,7 +151,7 @@ def render_message(
         "kind": kind,
         "focus": T.REFLECTION_FOCUS[kind],
     }
-    return _FILL.sub(lambda m: values[m.group(1)], template)
+    return T.fill(template, max_chars=max_chars, **values)
 
 
 @dataclass(frozen=True)
@@ -212,6 +214,7 @@ class PromptBuilder:
                 kind = "hint" if correct[ri] else "critique"
                 message, ids = self._fit(
                     f"groups[{gi}].rollouts[{ri}]",
+                    "templates." + kind if _get(templates, kind) else None,
                     by_kind[kind],
                     problem=problem,
                     attempt=strip_thinking(_get(rollout, "text") or ""),
@@ -229,6 +232,7 @@ class PromptBuilder:
     def _fit(
         self,
         path: str,
+        template_field: str | None,
         template: str,
         *,
         problem: str,
@@ -237,18 +241,50 @@ class PromptBuilder:
         peer: str | None,
         feedback: str | None,
     ) -> tuple[str, tuple[int, ...]]:
-        """Render, right-truncating attempt and peer until prompt + max_tokens fits."""
+        """Render, right-truncating attempt and peer until prompt + max_tokens fits.
+
+        No message longer than ``limit`` tokens can fit, so none is built longer than ``limit``
+        times the longest token in characters: a caller's text or template never makes the server
+        build (or tokenise) a prompt much larger than the model holds."""
+        limit = self.max_model_len - self.max_tokens
+        max_chars = limit * longest_token_chars(self.tokenizer)
 
         def render(a: str, p: str | None) -> str:
-            return render_message(
-                template, problem=problem, attempt=a, correct=correct, peer=p, feedback=feedback
-            )
+            try:
+                return render_message(
+                    template,
+                    problem=problem,
+                    attempt=a,
+                    correct=correct,
+                    peer=p,
+                    feedback=feedback,
+                    max_chars=max_chars,
+                )
+            except T.PromptTooLarge as exc:
+                sources = {
+                    "problem": f"{path.split('.')[0]}.problem",
+                    "feedback": f"{path}.feedback",
+                    "feedback_block": f"{path}.feedback",
+                }
+                field = sources.get(exc.placeholder) or template_field or path
+                raise ServiceError(
+                    422,
+                    f"{field}: the reflection prompt for {path} cannot fit the model's "
+                    f"max_model_len {self.max_model_len} with max_tokens {self.max_tokens}: {exc}",
+                    field=field,
+                ) from None
 
-        limit = self.max_model_len - self.max_tokens
-        message = render(attempt, peer)
-        ids = self.ctx.chat_ids(message)
-        if len(ids) <= limit:
-            return message, ids
+        # Text past max_chars cannot survive the token cut below: drop it before anything else.
+        attempt = attempt[:max_chars]
+        peer = peer[:max_chars] if peer is not None else None
+        try:
+            message = render(attempt, peer)
+        except ServiceError:
+            message = None  # too long whole: cut attempt and peer below
+        if message is not None:
+            ids = self.ctx.chat_ids(message)
+            if len(ids) <= limit:
+                return message, ids
         free = limit - len(self.ctx.chat_ids(render("", "" if peer is not None else None)))
         if free <= 0:
             raise ServiceError(
@@ -256,7 +292,7 @@ class PromptBuilder:
                 f"{path}: the reflection prompt without attempt and peer already takes "
                 f"{limit - free} tokens; with max_tokens {self.max_tokens} it exceeds the model's "
                 f"max_model_len {self.max_model_len}",
-                field=path,
+                field=template_field or path,  # a caller's template that is too long is to blame
             )
         n_attempt = len(self.tokenizer.encode(attempt, add_special_tokens=False))
         n_peer = len(self.tokenizer.encode(peer, add_special_tokens=False)) if peer else 0

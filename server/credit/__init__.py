@@ -1,32 +1,30 @@
-"""Per-token credit assignment: nine advantage methods as pure torch functions, no I/O.
+"""Per-token credit assignment: one module per method, each declaring everything about itself.
 
-Formulas, defaults and sources: ALGORITHMS.md. One module per method (``grpo``, ``opd``, ``opsd``,
-``sdpo``, ``hsd``, ``rlsd``, ``antisd``, ``amrsd``), peer choice for teacher contexts in ``peers``,
-trainer-side divergences in ``divergences``, and the registry by method id in ``registry``.
+``grpo``, ``dr_grpo``, ``opd``, ``opsd``, ``sdpo``, ``rlsd``, ``hsd``, ``antisd``, ``amrsd``: each
+has its parameters, formula and paper in the docstring, a pure torch compute function and a
+``METHOD`` (``method.CreditMethod``) with its teacher context, peer rule and needs. Shared pieces:
+``base`` (inputs, result, masking), ``peers`` (vectorised peer draws), ``registry`` (by id).
+Formulas, defaults and sources: docs/algorithms.md.
 """
 
 from server.credit.amrsd import AmrsdParams, amrsd_advantages
 from server.credit.antisd import AntisdParams, EntropyGate, antisd_advantages, antisd_token_signal
 from server.credit.base import CreditInputs, CreditParams, CreditResult
-from server.credit.divergences import phi, sdpo_token_loss, topk_with_tail
-from server.credit.grpo import DrGrpoParams, GrpoParams, sequence_advantages
+from server.credit.dr_grpo import DrGrpoParams
+from server.credit.grpo import GrpoParams, sequence_advantages
 from server.credit.hsd import HsdParams
+from server.credit.method import CreditMethod, GroupView, RolloutView
 from server.credit.opd import OpdParams, opd_advantages
 from server.credit.opsd import OpsdParams, u_advantages
-from server.credit.peers import (
-    antisd_select_solutions,
-    hsd_coverage,
-    hsd_select_peers,
-    other_successes,
-    sdpo_select_demo,
-)
+from server.credit.peers import antisd_select_solutions, hsd_select_peers, sdpo_select_demo
 from server.credit.registry import (
     METHODS,
-    CreditMethod,
     UnknownMethodError,
     compute_credit,
     get_method,
     parse_params,
+    register,
+    unregister,
 )
 from server.credit.rlsd import RlsdParams, rlsd_advantages
 from server.credit.sdpo import SdpoParams
@@ -41,11 +39,13 @@ __all__ = [
     "CreditResult",
     "DrGrpoParams",
     "EntropyGate",
+    "GroupView",
     "GrpoParams",
     "HsdParams",
     "OpdParams",
     "OpsdParams",
     "RlsdParams",
+    "RolloutView",
     "SdpoParams",
     "UnknownMethodError",
     "amrsd_advantages",
@@ -54,16 +54,13 @@ __all__ = [
     "antisd_token_signal",
     "compute_credit",
     "get_method",
-    "hsd_coverage",
     "hsd_select_peers",
     "opd_advantages",
-    "other_successes",
     "parse_params",
-    "phi",
+    "register",
     "rlsd_advantages",
     "sdpo_select_demo",
-    "sdpo_token_loss",
     "sequence_advantages",
-    "topk_with_tail",
     "u_advantages",
+    "unregister",
 ]

@@ -13,7 +13,9 @@ gives the Causal Information Gain, which *amplifies* the GRPO advantage::
 Success tokens the teacher endorses (Î > tau) get more credit, failure tokens it rejects
 (Î < −tau) more blame. A_i = 0 gives 0; from k = t_decay on, exactly GRPO. An empty reflection
 (``context_mask_B`` False) means teacher prompt = student prompt: I = 0, Δ = 0. tau = 0.5 is this
-service's choice [R] (not in the sources).
+service's choice [R] (not in the sources). A rollout sent without ``reflection`` gets one written
+by the policy (``server/hints.py``, ``needs_reflections``); teacher message: ``AMRSD_TEACHER``
+(``proto/prompts.py``), ``<hint>`` when reward >= success_threshold, else ``<critique>``.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from typing import Any
 import torch
 from pydantic import Field
 
+from proto import prompts
 from server.credit.base import (
     CreditInputs,
     CreditParams,
@@ -32,6 +35,7 @@ from server.credit.base import (
     masked,
 )
 from server.credit.grpo import GrpoStd, sequence_advantages_of
+from server.credit.method import ContextTools, CreditMethod, GroupView, RolloutView
 
 
 class AmrsdParams(CreditParams):
@@ -47,6 +51,8 @@ class AmrsdParams(CreditParams):
     t_decay: int = Field(default=50, ge=0)
     grpo_std: GrpoStd = "unbiased"
     eps: float = Field(default=1e-6, ge=0.0)
+    # A rollout is correct (its reflection is a hint, else a critique) when reward >= this.
+    success_threshold: float = 0.5
     # Meta-Reflection written by the server for rollouts that carry no `reflection` [R].
     reflection_max_tokens: int = Field(default=128, ge=1, le=4096)
     reflection_temperature: float = Field(default=0.7, ge=0.0, le=10.0)
@@ -94,3 +100,29 @@ def compute_amrsd(inputs: CreditInputs, params: AmrsdParams, state: Any = None) 
         u_BT, A_B, inputs.bool_mask_BT(), params.lam * f, params.gamma * f, params.kappa, params.tau
     )
     return CreditResult(adv_BT, delta_BT, seq_advantages_B=A_B)
+
+
+def teacher_message(
+    ctx: ContextTools, params: AmrsdParams, group: GroupView, rollout: RolloutView, peer: None
+) -> str:
+    """An empty reflection gives the student prompt: teacher = student, I = 0 (plain GRPO)."""
+    problem = ctx.require(group, rollout, "problem")
+    reflection = (rollout.reflection or "").strip()
+    if not reflection:
+        return ctx.student_message(rollout, problem)
+    kind = "hint" if rollout.reward >= params.success_threshold else "critique"
+    return ctx.fill(
+        rollout, prompts.AMRSD_TEACHER, problem=problem, kind=kind, reflection=reflection
+    )
+
+
+METHOD = CreditMethod(
+    id="amrsd",
+    paper="arXiv:2605.18529",
+    formula="Â = A_i·(1 + Δ_t), Δ_t = lam·f(k)·ReLU(Î_t − tau) or gamma·f(k)·ReLU(−Î_t − tau)",
+    params_model=AmrsdParams,
+    compute_fn=compute_amrsd,
+    teacher_context="problem + the rollout's own <hint>/<critique>; empty: the student prompt",
+    teacher_message=teacher_message,
+    needs_reflections=True,
+)

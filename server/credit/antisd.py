@@ -13,7 +13,10 @@ so descending JSD uses per-token reward +φ(u) and ascending it −φ(u) (checke
 The gate g is a Schmitt trigger on a per-step teacher-entropy statistic H (median or mean over the
 step's generated tokens): warm-up of ``warmup_steps`` steps with g = 0, then H_warm = median of the
 warm-up H, τ_down = ratio_down · H_warm; g turns off when H < τ_down and back on when H ≥ H_warm.
-Its state travels with the caller as JSON (`EntropyGate.to_dict`), one update per training step.
+Its state travels with the caller as JSON (`EntropyGate.to_dict`), one update per training step;
+the H it used is returned (``CreditResult.teacher_entropy``), so the response reports what the gate
+saw. Teacher message: ``ANTISD_TEACHER`` (``proto/prompts.py``) with a uniformly drawn other
+success of the group, else the dataset's ``reference_solution``, <think> blocks removed.
 """
 
 from __future__ import annotations
@@ -26,8 +29,11 @@ from typing import Any, Literal
 import torch
 from pydantic import Field
 
+from proto import prompts
 from server.credit.base import CreditInputs, CreditParams, CreditResult, log_ratio, masked
 from server.credit.grpo import GrpoStd, sequence_advantages_of
+from server.credit.method import ContextTools, CreditMethod, GroupView, RolloutView
+from server.credit.peers import antisd_select_solutions
 
 LOG2 = math.log(2.0)
 GateStat = Literal["median", "mean"]
@@ -233,11 +239,52 @@ def compute_antisd(
         ratio_down=params.ratio_down,
         gate_stat=params.gate_stat,
     )
-    g = gate.update(inputs.teacher_entropy_BT, m_BT)
+    h = gate.statistic(inputs.teacher_entropy_BT, m_BT)  # None: no generated token this step
+    g = gate.value if h is None else gate.update_scalar(h)
     A_B = sequence_advantages_of(inputs, params, dtype)  # (B,)
     u_BT = log_ratio(inputs, dtype)  # (B, T)
     row_B = inputs.row_mask_B()
     if row_B is not None:
         u_BT = torch.where(row_B[:, None], u_BT, 0.0)
     adv_BT, term_BT = antisd_advantages(u_BT, A_B, m_BT, g, params.lam_max)
-    return CreditResult(adv_BT, term_BT, seq_advantages_B=A_B, state=gate.to_dict(), gate=g)
+    return CreditResult(
+        adv_BT, term_BT, seq_advantages_B=A_B, state=gate.to_dict(), gate=g, teacher_entropy=h
+    )
+
+
+def select_solution(rewards, group_ids, seed: int, params: AntisdParams) -> list[int | None]:
+    """A uniformly drawn other success (seeded); None: the dataset's solution."""
+    peers = antisd_select_solutions(rewards, group_ids, seed, params.success_threshold)
+    return [p if p >= 0 else None for p in peers]
+
+
+def teacher_message(
+    ctx: ContextTools,
+    params: AntisdParams,
+    group: GroupView,
+    rollout: RolloutView,
+    peer: RolloutView | None,
+) -> str:
+    problem = ctx.require(group, rollout, "problem")
+    grade = "correct" if rollout.reward >= params.success_threshold else "incorrect"
+    solution = peer.text if peer is not None else ctx.require(group, rollout, "reference_solution")
+
+    def render(demo: str) -> str:
+        return ctx.fill(
+            rollout, prompts.ANTISD_TEACHER, problem=problem, solution=demo, grade=grade
+        )
+
+    return ctx.fit(rollout, render, ctx.strip_thinking(solution), limit=2**62)
+
+
+METHOD = CreditMethod(
+    id="antisd",
+    paper="arXiv:2605.11609",
+    formula="Â = A_i + g·lam_max·½(log 2 − softplus(u_t))",
+    params_model=AntisdParams,
+    compute_fn=compute_antisd,
+    teacher_context="problem + a verified solution (other success, else the dataset's) + grade",
+    teacher_message=teacher_message,
+    select_peers=select_solution,
+    needs_entropy=True,
+)

@@ -105,6 +105,7 @@ class CreditResult:
     seq_advantages_B: torch.Tensor | None = None  # (B,) A_i where the method uses it
     state: dict[str, Any] | None = None  # AntiSD gate state to send back
     gate: int | None = None  # AntiSD gate used for this call
+    teacher_entropy: float | None = None  # the statistic an entropy gate saw (None: no gate)
 
 
 def masked(mask_BT: torch.Tensor, x_BT: torch.Tensor) -> torch.Tensor:

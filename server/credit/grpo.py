@@ -1,7 +1,7 @@
 """GRPO and Dr.GRPO: one sequence-level advantage on every token of a rollout.
 
-GRPO, DeepSeekMath (https://arxiv.org/abs/2402.03300); Dr.GRPO, "Understanding R1-Zero-Like
-Training" (https://arxiv.org/abs/2503.20783); std convention of verl's
+GRPO, DeepSeekMath (https://arxiv.org/abs/2402.03300); Dr.GRPO (``dr_grpo.py``) is GRPO without
+the std division; std convention of verl's
 ``compute_grpo_outcome_advantage`` (github.com/lasgroup/SDPO, verl/trainer/ppo/core_algos.py)::
 
     GRPO:     A_i = (r_i − mean_g r) / (std_g r + eps)     std unbiased (N−1) by default
@@ -20,6 +20,7 @@ import torch
 from pydantic import Field
 
 from server.credit.base import CreditInputs, CreditParams, CreditResult, masked
+from server.credit.method import CreditMethod
 
 GrpoStd = Literal["unbiased", "population", "none"]
 
@@ -69,10 +70,6 @@ class GrpoParams(CreditParams):
     eps: float = Field(default=1e-6, ge=0.0)
 
 
-class DrGrpoParams(GrpoParams):
-    grpo_std: GrpoStd = "none"
-
-
 def sequence_advantages_of(inputs: CreditInputs, params: Any, dtype: torch.dtype) -> torch.Tensor:
     """A_B for a method whose params carry ``grpo_std`` and ``eps``. shape (B,)"""
     return sequence_advantages(
@@ -80,7 +77,8 @@ def sequence_advantages_of(inputs: CreditInputs, params: Any, dtype: torch.dtype
     )
 
 
-def _broadcast(inputs: CreditInputs, params: GrpoParams, method: str) -> CreditResult:
+def broadcast(inputs: CreditInputs, params: GrpoParams, method: str) -> CreditResult:
+    """Â_BT = A_B on every generated token."""
     inputs.check(method=method)
     m_BT = inputs.bool_mask_BT()
     A_B = sequence_advantages_of(inputs, params, inputs.dtype)
@@ -90,9 +88,13 @@ def _broadcast(inputs: CreditInputs, params: GrpoParams, method: str) -> CreditR
 
 def compute_grpo(inputs: CreditInputs, params: GrpoParams, state: Any = None) -> CreditResult:
     """Â_BT = A_B broadcast over the generated tokens (rewards only, no teacher)."""
-    return _broadcast(inputs, params, "grpo")
+    return broadcast(inputs, params, "grpo")
 
 
-def compute_dr_grpo(inputs: CreditInputs, params: DrGrpoParams, state: Any = None) -> CreditResult:
-    """Â_BT = r_i − mean_g r on every generated token (Dr.GRPO defaults: grpo_std="none")."""
-    return _broadcast(inputs, params, "dr_grpo")
+METHOD = CreditMethod(
+    id="grpo",
+    paper="arXiv:2402.03300",
+    formula="Â = (r_i − mean_g r) / (std_g r + eps)",
+    params_model=GrpoParams,
+    compute_fn=compute_grpo,
+)

@@ -8,7 +8,10 @@ token, discount 0, centred by the token-masked batch mean::
     Â_{i,t} = kl_coef · (mean_batch(d) − d_t)             # center=True (default)
     Â_{i,t} = kl_coef · (−d_t) = kl_coef · u_t            # center=False
 
-Rewards are unused; the signal is nonzero on uniform groups. The batch is every masked token of
+Rewards are unused; the signal is nonzero on uniform groups. The served model is the external
+teacher, scoring the response under the student's own prompt (``STUDENT``), so the student's
+log-probs must come from the caller's policy: scored by the same model on the same prompt they
+would equal the teacher's and give Â = 0 (a 422 says so instead). The batch is every masked token of
 the call; its mean divides by max(count, 1), so an all-masked batch returns zeros.
 """
 
@@ -19,6 +22,7 @@ from typing import Any
 import torch
 
 from server.credit.base import CreditInputs, CreditParams, CreditResult, masked
+from server.credit.method import ContextTools, CreditMethod, GroupView, RolloutView
 
 
 class OpdParams(CreditParams):
@@ -54,3 +58,24 @@ def compute_opd(inputs: CreditInputs, params: OpdParams, state: Any = None) -> C
     s_BT, t_BT = inputs.student_lp_BT.to(inputs.dtype), inputs.teacher_lp_BT.to(inputs.dtype)
     adv_BT = opd_advantages(s_BT, t_BT, m_BT, params.kl_coef, params.center)  # (B, T)
     return CreditResult(adv_BT, adv_BT)
+
+
+def teacher_message(
+    ctx: ContextTools, params: OpdParams, group: GroupView, rollout: RolloutView, peer: None
+) -> str:
+    return ctx.student_message(rollout, ctx.require(group, rollout, "problem"))
+
+
+METHOD = CreditMethod(
+    id="opd",
+    paper="https://thinkingmachines.ai/blog/on-policy-distillation",
+    formula="Â = kl_coef·(mean_batch(s − t) − (s_t − t_t))",
+    params_model=OpdParams,
+    compute_fn=compute_opd,
+    teacher_context="the student prompt itself (the served model is the external teacher)",
+    teacher_message=teacher_message,
+    student_from_caller=(
+        "the served model is opd's teacher on the student's own prompt, so it cannot also score "
+        "the student (that gives all-zero advantages): send your policy's student_logprobs"
+    ),
+)

@@ -7,8 +7,8 @@ solution. Sampled-token (service) form::
     u_t     = t_t − s_t          # log π(y_t | x, solution, y_<t) − log π(y_t | x, y_<t)
     Â_{i,t} = u_t                # rewards unused; nonzero whatever the outcome
 
-The paper's default full-vocabulary JSD (β = 0.5) is the trainer's (`divergences.sdpo_token_loss`).
-`u_advantages` is shared with SDPO (row mask) and HSD (row mask, + mix·A_i).
+The paper's default full-vocabulary JSD (β = 0.5) is the trainer's. Teacher message:
+``OPSD_TEACHER`` (``proto/prompts.py``). `u_advantages` is shared with SDPO (row mask) and HSD (row mask, + mix·A_i).
 """
 
 from __future__ import annotations
@@ -17,7 +17,9 @@ from typing import Any
 
 import torch
 
+from proto import prompts
 from server.credit.base import CreditInputs, CreditParams, CreditResult, log_ratio, masked
+from server.credit.method import ContextTools, CreditMethod, GroupView, RolloutView
 
 
 class OpsdParams(CreditParams):
@@ -51,3 +53,22 @@ def compute_opsd(inputs: CreditInputs, params: OpsdParams, state: Any = None) ->
     u_BT = log_ratio(inputs, inputs.dtype)  # (B, T)
     adv_BT, signal_BT = u_advantages(u_BT, inputs.bool_mask_BT(), inputs.row_mask_B())
     return CreditResult(adv_BT, signal_BT)
+
+
+def teacher_message(
+    ctx: ContextTools, params: OpsdParams, group: GroupView, rollout: RolloutView, peer: None
+) -> str:
+    problem = ctx.require(group, rollout, "problem")
+    solution = ctx.require(group, rollout, "reference_solution")
+    return ctx.fill(rollout, prompts.OPSD_TEACHER, problem=problem, solution=solution)
+
+
+METHOD = CreditMethod(
+    id="opsd",
+    paper="arXiv:2601.18734",
+    formula="Â = u_t",
+    params_model=OpsdParams,
+    compute_fn=compute_opsd,
+    teacher_context="problem + the dataset's reference solution",
+    teacher_message=teacher_message,
+)

@@ -59,14 +59,6 @@ def _success_table(r_B: torch.Tensor, g_B: torch.Tensor, threshold: float):
     return gid_B, succ_B, S_K, start_G, n_G, pos_B
 
 
-def other_successes(rewards_B, group_ids_B, success_threshold: float = 0.5) -> list[list[int]]:
-    """cands(b) for every rollout: other successes of its group, ascending (reference helper)."""
-    r_B, g_B = _as_tensors(rewards_B, group_ids_B)
-    same_BB = (g_B[:, None] == g_B[None, :]) & (r_B[None, :] >= success_threshold)  # (B, B)
-    same_BB.fill_diagonal_(False)
-    return [torch.nonzero(row).reshape(-1).tolist() for row in same_BB]
-
-
 def _generator(rng: Rng) -> torch.Generator:
     if isinstance(rng, torch.Generator):
         return rng
@@ -141,11 +133,3 @@ def sdpo_select_demo(
     at_B = torch.where(has_B, start_G[gid_B] + k_B, 0)
     demo_B = torch.where(has_B, S_K[at_B] if S_K.numel() else torch.zeros_like(at_B), -1)
     return [int(d) if d >= 0 else None for d in demo_B.tolist()]
-
-
-def hsd_coverage(p: float, G: int) -> float:
-    """[R] P(a rollout failed AND has a successful peer) = (1−p)·[1 − (1−p)^{G−1}].
-
-    For G = 8 it peaks at p ≈ 0.257 (0.650).
-    """
-    return (1.0 - p) * (1.0 - (1.0 - p) ** (G - 1))

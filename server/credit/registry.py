@@ -1,4 +1,4 @@
-"""The nine credit methods by id: parameters, teacher needs and the compute function.
+"""The credit methods by id: one module each, its ``METHOD`` registered here.
 
     >>> import torch
     >>> from server.credit import CreditInputs, compute_credit
@@ -8,154 +8,38 @@
     tensor([[ 0.5000,  0.5000,  0.5000],
             [-0.5000, -0.5000, -0.5000]])
 
-``teacher_context`` tells the server which prompt the teacher scores the response under:
-"none" (no teacher, or OPD's external teacher on the student's own prompt), "reference_solution"
-(OPSD), "sdpo_demo" (first other success + feedback), "answer_only" (RLSD's gold final answer),
-"hsd_peer" (a* + a drawn peer, else a*), "antisd_solution" (a verified solution + grading) and
-"reflection" (AMR-SD's own hint/critique).
+Adding a method: a module in ``server/credit`` with its params, compute function and
+``METHOD = CreditMethod(...)`` (``method.py``), listed in ``_MODULES`` below, and its test.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from typing import Any, Literal
+from collections.abc import Mapping
+from typing import Any
 
-from server.credit.amrsd import AmrsdParams, compute_amrsd
-from server.credit.antisd import AntisdParams, compute_antisd
+from server.credit import amrsd, antisd, dr_grpo, grpo, hsd, opd, opsd, rlsd, sdpo
 from server.credit.base import CreditInputs, CreditParams, CreditResult
-from server.credit.grpo import DrGrpoParams, GrpoParams, compute_dr_grpo, compute_grpo
-from server.credit.hsd import HsdParams, compute_hsd
-from server.credit.opd import OpdParams, compute_opd
-from server.credit.opsd import OpsdParams, compute_opsd
-from server.credit.rlsd import RlsdParams, compute_rlsd
-from server.credit.sdpo import SdpoParams, compute_sdpo
+from server.credit.method import CreditMethod
 
-TeacherContext = Literal[
-    "none",
-    "reference_solution",
-    "sdpo_demo",
-    "answer_only",
-    "hsd_peer",
-    "antisd_solution",
-    "reflection",
-]
-ComputeFn = Callable[[CreditInputs, Any, "dict[str, Any] | None"], CreditResult]
+_MODULES = (grpo, dr_grpo, opd, opsd, sdpo, rlsd, hsd, antisd, amrsd)
 
-
-@dataclass(frozen=True)
-class CreditMethod:
-    id: str
-    params_model: type[CreditParams]  # typed defaults of ALGORITHMS.md §1; extra="forbid"
-    needs_teacher: bool  # needs student and teacher log-probs
-    uses_rewards: bool  # reads rewards_B (GRPO advantage, or success for contexts)
-    teacher_context: TeacherContext
-    compute_fn: ComputeFn
-    stateful: bool = False  # returns a state to send back on the next call (AntiSD gate)
-    needs_entropy: bool = False  # needs the teacher's per-token entropy
-    paper: str = ""
-
-    def parse_params(self, params: Mapping[str, Any] | CreditParams | None = None) -> CreditParams:
-        """Validated params: defaults overridden by name; an unknown name raises ValidationError."""
-        if isinstance(params, self.params_model):
-            return params
-        if isinstance(params, CreditParams):
-            params = params.model_dump()
-        return self.params_model.model_validate(dict(params or {}))
-
-    def compute(
-        self,
-        inputs: CreditInputs,
-        params: Mapping[str, Any] | CreditParams | None = None,
-        state: dict[str, Any] | None = None,
-    ) -> CreditResult:
-        return self.compute_fn(inputs, self.parse_params(params), state)
-
-
-def _method(name: str, params: type[CreditParams], compute: ComputeFn, **kw: Any) -> CreditMethod:
-    return CreditMethod(id=name, params_model=params, compute_fn=compute, **kw)
-
-
-_REWARDS_ONLY = {"needs_teacher": False, "uses_rewards": True, "teacher_context": "none"}
-
-METHODS: dict[str, CreditMethod] = {
-    m.id: m
-    for m in (
-        _method("grpo", GrpoParams, compute_grpo, **_REWARDS_ONLY, paper="arXiv:2402.03300"),
-        _method(
-            "dr_grpo", DrGrpoParams, compute_dr_grpo, **_REWARDS_ONLY, paper="arXiv:2503.20783"
-        ),
-        _method(
-            "opd",
-            OpdParams,
-            compute_opd,
-            needs_teacher=True,
-            uses_rewards=False,
-            teacher_context="none",  # an external teacher scores the student's own prompt
-            paper="https://thinkingmachines.ai/blog/on-policy-distillation",
-        ),
-        _method(
-            "opsd",
-            OpsdParams,
-            compute_opsd,
-            needs_teacher=True,
-            uses_rewards=False,
-            teacher_context="reference_solution",
-            paper="arXiv:2601.18734",
-        ),
-        _method(
-            "sdpo",
-            SdpoParams,
-            compute_sdpo,
-            needs_teacher=True,
-            uses_rewards=True,  # successes become demonstrations
-            teacher_context="sdpo_demo",
-            paper="arXiv:2601.20802",
-        ),
-        _method(
-            "rlsd",
-            RlsdParams,
-            compute_rlsd,
-            needs_teacher=True,
-            uses_rewards=True,
-            teacher_context="answer_only",
-            paper="arXiv:2604.03128",
-        ),
-        _method(
-            "hsd",
-            HsdParams,
-            compute_hsd,
-            needs_teacher=True,
-            uses_rewards=True,  # successes become peers; A_i when mix > 0
-            teacher_context="hsd_peer",
-            paper="arXiv:2606.15576",
-        ),
-        _method(
-            "antisd",
-            AntisdParams,
-            compute_antisd,
-            needs_teacher=True,
-            uses_rewards=True,
-            teacher_context="antisd_solution",
-            stateful=True,
-            needs_entropy=True,
-            paper="arXiv:2605.11609",
-        ),
-        _method(
-            "amrsd",
-            AmrsdParams,
-            compute_amrsd,
-            needs_teacher=True,
-            uses_rewards=True,
-            teacher_context="reflection",
-            paper="arXiv:2605.18529",
-        ),
-    )
-}
+METHODS: dict[str, CreditMethod] = {m.METHOD.id: m.METHOD for m in _MODULES}
 
 
 class UnknownMethodError(ValueError):
     """A method id that is not in METHODS."""
+
+
+def register(method: CreditMethod) -> CreditMethod:
+    """Serve ``method`` under its id (an id already taken is an error)."""
+    if method.id in METHODS:
+        raise ValueError(f"method {method.id!r} is already registered")
+    METHODS[method.id] = method
+    return method
+
+
+def unregister(method_id: str) -> None:
+    METHODS.pop(method_id, None)
 
 
 def get_method(name: str) -> CreditMethod:

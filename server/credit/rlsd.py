@@ -9,6 +9,7 @@ frozen copy, re-synced every 20 steps) sees only the gold final answer::
     Â_{i,t} = A_i · [(1 − λ_k) + λ_k · clip(w_t, 1 − eps_w, 1 + eps_w)]
 
 The bracket lies in [1 − λ·eps_w, 1 + λ·eps_w] > 0, so the sign of A never flips; A_i = 0 gives 0.
+Teacher message: ``RLSD_TEACHER`` (``proto/prompts.py``).
 ``signal_BT`` is the modulation λ_k·(clip(w_t) − 1), i.e. Â = A·(1 + signal).
 """
 
@@ -19,6 +20,7 @@ from typing import Any
 import torch
 from pydantic import Field
 
+from proto import prompts
 from server.credit.base import (
     CreditInputs,
     CreditParams,
@@ -28,6 +30,7 @@ from server.credit.base import (
     masked,
 )
 from server.credit.grpo import GrpoStd, sequence_advantages_of
+from server.credit.method import ContextTools, CreditMethod, GroupView, RolloutView
 
 
 class RlsdParams(CreditParams):
@@ -68,3 +71,22 @@ def compute_rlsd(inputs: CreditInputs, params: RlsdParams, state: Any = None) ->
         u_BT = torch.where(row_B[:, None], u_BT, 0.0)
     adv_BT, mod_BT = rlsd_advantages(u_BT, A_B, m_BT, lam, params.eps_w)
     return CreditResult(adv_BT, mod_BT, seq_advantages_B=A_B)
+
+
+def teacher_message(
+    ctx: ContextTools, params: RlsdParams, group: GroupView, rollout: RolloutView, peer: None
+) -> str:
+    problem = ctx.require(group, rollout, "problem")
+    answer = ctx.require(group, rollout, "reference_answer")
+    return ctx.fill(rollout, prompts.RLSD_TEACHER, problem=problem, answer=answer)
+
+
+METHOD = CreditMethod(
+    id="rlsd",
+    paper="arXiv:2604.03128",
+    formula="Â = A_i·[(1 − λ_k) + λ_k·clip(exp(sign(A_i)·u_t), 1 − eps_w, 1 + eps_w)]",
+    params_model=RlsdParams,
+    compute_fn=compute_rlsd,
+    teacher_context="problem + the gold final answer",
+    teacher_message=teacher_message,
+)

@@ -6,7 +6,6 @@ from fastapi import APIRouter, Depends, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from proto import (
-    METHODS,
     HealthResponse,
     ModelInfo,
     ReadyResponse,
@@ -14,6 +13,7 @@ from proto import (
     TokenizeResponse,
 )
 from server.auth import require_api_key
+from server.credit import METHODS
 from server.engine_guard import EngineUnavailable
 from server.errors import ServiceError
 from server.routes import ERRORS

@@ -8,13 +8,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from server.credit import (
-    antisd_select_solutions,
-    hsd_coverage,
-    hsd_select_peers,
-    other_successes,
-    sdpo_select_demo,
-)
+from server.credit import antisd_select_solutions, hsd_select_peers, sdpo_select_demo
+from tests.credit.reference import hsd_coverage, other_successes
 
 G4 = [0, 0, 0, 0]
 

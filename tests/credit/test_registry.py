@@ -58,22 +58,25 @@ DEFAULTS = {
         "t_decay": 50,
         "grpo_std": "unbiased",
         "eps": 1e-6,
+        "success_threshold": 0.5,
         # generation settings of the reflections the server writes itself [R]
         "reflection_max_tokens": 128,
         "reflection_temperature": 0.7,
     },
 }
 
-CONTEXTS = {
-    "grpo": "none",
-    "dr_grpo": "none",
-    "opd": "none",
-    "opsd": "reference_solution",
-    "sdpo": "sdpo_demo",
-    "rlsd": "answer_only",
-    "hsd": "hsd_peer",
-    "antisd": "antisd_solution",
-    "amrsd": "reflection",
+# What each method declares about its teacher: (needs teacher, peer rule, context can be masked,
+# needs entropy, needs reflections, student log-probs from the caller only).
+DECLARED = {
+    "grpo": (False, False, False, False, False, False),
+    "dr_grpo": (False, False, False, False, False, False),
+    "opd": (True, False, False, False, False, True),
+    "opsd": (True, False, False, False, False, False),
+    "sdpo": (True, True, True, False, False, False),
+    "rlsd": (True, False, False, False, False, False),
+    "hsd": (True, True, True, False, False, False),
+    "antisd": (True, True, False, True, False, False),
+    "amrsd": (True, False, False, False, True, False),
 }
 
 
@@ -89,10 +92,17 @@ def test_defaults(method):
     assert m.id == method
     assert parse_params(method).model_dump() == DEFAULTS[method]
     assert parse_params(method, {}).model_dump() == DEFAULTS[method]
-    assert m.teacher_context == CONTEXTS[method]
-    assert m.needs_teacher == (method not in ("grpo", "dr_grpo"))
-    assert m.uses_rewards == (method not in ("opd", "opsd"))
-    assert m.stateful == m.needs_entropy == (method == "antisd")
+    declared = (
+        m.needs_teacher,
+        m.select_peers is not None,
+        m.has_context is not None,
+        m.needs_entropy,
+        m.needs_reflections,
+        m.student_from_caller is not None,
+    )
+    assert declared == DECLARED[method]
+    assert (m.teacher_message is not None) == m.needs_teacher
+    assert m.paper and m.formula
 
 
 @pytest.mark.parametrize("method", list(METHODS))
@@ -161,8 +171,9 @@ def test_all_exported_names_exist():
 def test_docstring_examples():
     import doctest
 
+    from proto import prompts
     from server.credit import antisd, registry
 
-    for module in (antisd, registry):
+    for module in (antisd, registry, prompts):
         result = doctest.testmod(module)
         assert result.failed == 0 and result.attempted > 0, module.__name__

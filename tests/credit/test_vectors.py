@@ -16,11 +16,9 @@ from server.credit import (
     EntropyGate,
     antisd_token_signal,
     compute_credit,
-    phi,
-    sdpo_token_loss,
     sequence_advantages,
-    topk_with_tail,
 )
+from tests.credit.reference import phi, sdpo_token_loss, topk_with_tail
 
 F64 = torch.float64
 NAN, INF = float("nan"), float("inf")

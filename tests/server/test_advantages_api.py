@@ -7,6 +7,7 @@ ALGORITHMS.md vectors); these tests check the plumbing: contexts, scoring, align
 from __future__ import annotations
 
 import os
+import time
 
 import httpx
 import numpy as np
@@ -17,11 +18,13 @@ from proto import decode_packed
 from server.credit import CreditInputs, compute_credit
 
 PROBLEM = "What is 12+7-5?"
+BOXED = "Please reason step by step, and put your final answer within \\boxed{}."
 SOLUTION = "12+7=19. 19-5=14. \\boxed{14}"
 TOL = {"hf": 1e-5, "vllm": 1e-4}  # vLLM's kernels differ from transformers' by ~1e-5
 if os.environ.get("TC_TEST_DEVICE", "cpu") != "cpu":
     TOL["hf"] = 1e-4  # GPU kernels vs the CPU reference: ~1.5e-5 seen at |log p| ~ 17 on an H100
-TEACHER_METHODS = ["opd", "opsd", "sdpo", "rlsd", "hsd", "antisd", "amrsd"]
+# Methods whose teacher and student the server scores itself (opd needs the caller's student).
+TEACHER_METHODS = ["opsd", "sdpo", "rlsd", "hsd", "antisd", "amrsd"]
 
 
 def post(server, body):
@@ -369,3 +372,156 @@ def test_amrsd_writes_missing_reflections(server, group):
             assert reflection["fallback"] and "<hint>" not in details["teacher_context"]
     if server.backend == "hf":  # seeded sampling is reproducible on the hf engine
         assert first["groups"] == again["groups"]
+
+
+# ---- regressions: numbers that were wrong ----------------------------------------------------------
+
+
+def caller_scored(rollout: dict, t: list[float], s: list[float]) -> dict:
+    return {**rollout, "teacher_logprobs": t, "student_logprobs": s}
+
+
+@pytest.mark.parametrize(
+    ("method", "params"),
+    [("sdpo", {}), ("hsd", {"fallback": False}), ("hsd", {"mix": 1.0, "fallback": False})],
+)
+@pytest.mark.parametrize("caller_teacher", [False, True])
+def test_group_dependent_mask_holds_whoever_scores_the_teacher(
+    server, method, params, caller_teacher
+):
+    """Only the first rollout succeeds: it has no other success (no demonstration/peer) and no
+    feedback, so its context is masked and Â = 0, also with caller-supplied teacher_logprobs."""
+    texts = [SOLUTION, "12+7=18. \\boxed{13}"]
+    rollouts = []
+    for text, reward in zip(texts, (1.0, 0.0)):
+        ids = encode(server, text)
+        r = {"response_ids": ids, "reward": reward, "text": text}
+        if caller_teacher:
+            r = caller_scored(r, [-0.5] * len(ids), [-1.5] * len(ids))
+        rollouts.append(r)
+    group = {"problem": PROBLEM, "reference_answer": "14", "rollouts": rollouts}
+    body = {"method": method, "params": params, "groups": [group], "return_details": True}
+    res = post(server, body)
+    assert res.status_code == 200, res.text
+    out = res.json()
+    first, second = out["groups"][0]["rollouts"]
+    assert first["details"]["masked"] and first["advantages"] == [0.0] * len(
+        rollouts[0]["response_ids"]
+    )
+    assert not second["details"]["masked"] and any(a != 0.0 for a in second["advantages"])
+    assert out["stats"]["masked_rollouts"] == 1
+
+
+def test_antisd_reports_the_entropy_statistic_its_gate_used(server):
+    """Four tokens with entropies 1, 2, 3, 4: the gate's median is 2.5 (torch.median says 2)."""
+    rollout = caller_scored({"response_ids": [5, 6, 7, 8], "reward": 1.0}, [-1.0] * 4, [-1.0] * 4)
+    rollout["teacher_entropy"] = [1.0, 2.0, 3.0, 4.0]
+    body = {"method": "antisd", "groups": [{"rollouts": [rollout]}]}
+    out = post(server, body).json()
+    assert out["stats"]["teacher_entropy"] == 2.5
+    assert out["state"]["warmup_history"] == [2.5]
+    body["params"] = {"gate_stat": "mean"}
+    assert post(server, body).json()["stats"]["teacher_entropy"] == 2.5
+
+
+def test_a_placeholder_inside_a_filled_value_is_left_alone(server):
+    """A peer whose text contains ``{answer}`` must not receive the gold answer (a leak)."""
+    peer_text = "The answer is {answer}, I guess. \\boxed{14}"
+    rollouts = [
+        {"response_ids": encode(server, peer_text), "reward": 1.0, "text": peer_text},
+        {"response_ids": encode(server, "\\boxed{13}"), "reward": 0.0, "text": "\\boxed{13}"},
+    ]
+    group = {"problem": "Solve {answer}", "reference_answer": "SECRET-14", "rollouts": rollouts}
+    out = post(server, {"method": "hsd", "groups": [group], "return_details": True}).json()
+    context = out["groups"][0]["rollouts"][1]["details"]["teacher_context"]
+    assert "The answer is {answer}, I guess." in context
+    assert context.startswith("Solve {answer}")
+    assert context.count("SECRET-14") == 1  # the template's own {answer}, nowhere else
+
+
+@pytest.mark.parametrize(
+    ("method", "missing"),
+    [
+        ("rlsd", "reference_answer"),
+        ("opsd", "reference_solution"),
+        ("hsd", "reference_answer"),
+        ("antisd", "reference_solution"),
+        ("sdpo", "problem"),
+        ("amrsd", "problem"),
+    ],
+)
+def test_missing_context_field_names_the_method_sent(server, group, method, missing):
+    g = {k: v for k, v in group.items() if k != missing}
+    if method == "antisd":  # no success, no peer: the dataset's solution is needed
+        g["rollouts"] = [dict(r, reward=0.0) for r in group["rollouts"]]
+    if method == "amrsd":
+        g["rollouts"] = [dict(r, reflection="Recheck.") for r in group["rollouts"]]
+    res = post(server, {"method": method, "groups": [g]})
+    assert res.status_code == 422, res.text
+    error = res.json()["error"]
+    assert error["field"] == f"groups[0].{missing}"
+    assert f"method {method} " in error["message"]
+
+
+def test_opd_without_student_logprobs_is_a_422_that_says_why(server, group):
+    res = post(server, {"method": "opd", "groups": [group]})
+    assert res.status_code == 422, res.text
+    error = res.json()["error"]
+    assert error["field"] == "groups[0].rollouts[0].student_logprobs"
+    assert "student_logprobs" in error["message"] and "zero" in error["message"]
+
+
+def test_opd_scores_its_teacher_on_the_student_prompt(server, group):
+    rollouts = [
+        dict(r, student_logprobs=[-2.0] * len(r["response_ids"])) for r in group["rollouts"]
+    ]
+    body = {"method": "opd", "groups": [{**group, "rollouts": rollouts}], "return_details": True}
+    res = post(server, body)
+    assert res.status_code == 200, res.text
+    student_prompt = httpx.post(
+        server.url + "/v1/tokenize",
+        json={"messages": [{"role": "user", "content": f"{PROBLEM}\n\n{BOXED}"}]},
+    ).json()["ids"]
+    for rollout, result in zip(rollouts, res.json()["groups"][0]["rollouts"]):
+        if not rollout["response_ids"]:
+            continue
+        assert result["details"]["teacher_context"] == f"{PROBLEM}\n\n{BOXED}"
+        expected = score(server, student_prompt, rollout["response_ids"])
+        np.testing.assert_allclose(
+            result["details"]["teacher_logprobs"], expected, atol=TOL[server.backend]
+        )
+        assert any(a != 0.0 for a in result["advantages"])
+
+
+@pytest.mark.parametrize("method", ["grpo", "dr_grpo"])
+def test_rewards_only_details_have_no_logprobs(server, group, method):
+    out = post(server, {"method": method, "groups": [group], "return_details": True}).json()
+    for result in out["groups"][0]["rollouts"]:
+        assert result["details"]["student_logprobs"] is None
+        assert result["details"]["teacher_logprobs"] is None
+        assert result["details"]["signal"] == [0.0] * len(result["advantages"])
+
+
+# ---- hostile templates and prompts (no amplification) --------------------------------------------
+
+
+def test_opsd_problem_full_of_placeholders_is_a_fast_422(server):
+    """24 KB of ``{solution}`` in ``problem`` was once expanded into an 8M-token prompt."""
+    problem = "{solution}" * 2400
+    body = {
+        "method": "opsd",
+        "groups": [
+            {
+                "problem": problem,
+                "reference_solution": "x" * 200,
+                "rollouts": [{"response_ids": [5, 6], "reward": 1.0}],
+            }
+        ],
+    }
+    started = time.perf_counter()
+    res = post(server, body)
+    elapsed = time.perf_counter() - started
+    assert res.status_code == 422, res.text
+    assert res.json()["error"]["field"] == "groups[0].problem"
+    assert elapsed < 10.0  # was 16 s of a frozen server; now milliseconds
+    assert httpx.get(server.url + "/healthz", timeout=5).status_code == 200

@@ -9,6 +9,7 @@ so requests keep ``max_tokens`` small.
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass
 
 import httpx
@@ -16,8 +17,9 @@ import pytest
 from transformers import AutoTokenizer
 
 from proto import HintsRequest
-from server import templates as T
-from server.contexts import ContextBuilder, fill
+from proto import prompts as T
+from proto.prompts import fill
+from server.contexts import ContextBuilder
 from server.engines.base import GenerateOutput
 from server.errors import ServiceError
 from server.hints import (
@@ -149,7 +151,9 @@ def test_prompt_that_cannot_fit_is_a_422(tokenizer):
     huge = {"hint": "word " * 2000 + "{attempt}"}
     with pytest.raises(ServiceError) as err:
         PromptBuilder(tokenizer, 512, 48).build([group()], seed=0, templates=huge)
-    assert err.value.status == 422 and err.value.field == "groups[0].rollouts[0]"
+    assert (
+        err.value.status == 422 and err.value.field == "templates.hint"
+    )  # the template is too long
     with pytest.raises(ServiceError) as err:
         PromptBuilder(tokenizer, 512, 48).build([{"problem": "", "rollouts": []}], seed=0)
     assert err.value.field == "groups[0].problem"
@@ -298,6 +302,23 @@ def test_template_placeholders_are_validated():
         HintsRequest.model_validate({"groups": [lone_group()], "templates": {"hint": "{answer}"}})
 
 
+def test_placeholders_are_bounded_and_caller_text_is_never_expanded(tokenizer):
+    """The most a template may use a placeholder, on a 200 KB attempt that is full of placeholders
+    itself: the prompt is built from the cut attempt, never from 8 copies of 200 KB."""
+    attempt = "{attempt}{peer_block}{problem}" * 7000  # ~200 KB
+    template = "{attempt}" * T.MAX_PLACEHOLDER_USES + " Write a {kind}."
+    g = {"problem": "{attempt}", "rollouts": [{"text": attempt, "correct": False}]}
+    started = time.perf_counter()
+    jobs = PromptBuilder(tokenizer, 1024, 48).build([g], seed=0, templates={"critique": template})
+    assert time.perf_counter() - started < 30.0  # seconds of tokenising at most, not minutes
+    assert len(jobs[0].prompt_ids) <= 1024 - 48
+    assert jobs[0].message.endswith(" Write a critique.")
+    with pytest.raises(ValueError, match="at most 8 times"):
+        HintsRequest.model_validate(
+            {"groups": [lone_group()], "templates": {"hint": "{attempt}" * 9}}
+        )
+
+
 # ---- end to end ------------------------------------------------------------------------------------
 
 
@@ -383,7 +404,7 @@ def test_template_override_is_used(server):
     huge = "word " * 5000 + "{attempt}"
     res = post(server, request_body(templates={"critique": huge}, max_tokens=4))
     assert res.status_code == 422, res.text
-    assert res.json()["error"]["field"] == "groups[0].rollouts[1]"  # the first failed rollout
+    assert res.json()["error"]["field"] == "templates.critique"  # the template is too long
     small = "Critique this: {attempt}. Wrap it in <critique>...</critique>."
     res = post(server, request_body(templates={"critique": small}, max_tokens=4))
     assert res.status_code == 200, res.text
@@ -425,6 +446,21 @@ def test_max_tokens_over_model_len(server):
         pytest.skip("max_tokens is capped at 4096 by the wire model")
     res = post(server, request_body(max_tokens=max_model_len))
     assert res.status_code == 422 and res.json()["error"]["field"] == "max_tokens"
+
+
+def test_placeholder_amplification_is_a_fast_422(server):
+    """A 178 KB body whose template repeats {attempt} 20,000 times once held the server for minutes
+    at 4 GB; the template is refused before anything is built."""
+    body = request_body(templates={"hint": "{attempt}" * 20_000})
+    body["groups"][0]["rollouts"][0]["text"] = "x" * 2000
+    started = time.perf_counter()
+    res = post(server, body, timeout=60)
+    elapsed = time.perf_counter() - started
+    assert res.status_code == 422, res.text
+    assert res.json()["error"]["field"] == "templates.hint"
+    assert "at most 8 times" in res.json()["error"]["message"]
+    assert elapsed < 10.0
+    assert httpx.get(server.url + "/healthz", timeout=5).status_code == 200
 
 
 def test_stale_weights_is_409(server):

@@ -7,8 +7,8 @@ import re
 
 import pytest
 
-from server import templates as T
-from server.contexts import fill as server_fill
+from server.contexts import ContextBuilder
+from server.credit import GroupView, RolloutView, get_method
 from trainer.toy import contexts as C
 from trainer.toy.arith import (
     Problem,
@@ -93,16 +93,28 @@ def test_is_correct():
     assert not is_correct("\\boxed{66", "66")
 
 
-def test_prompts_match_server_rendering():
-    """trainer.toy.contexts renders exactly what server/contexts.py renders for the same inputs."""
+def test_prompts_match_server_rendering(model_path):
+    """trainer.toy.contexts renders exactly the teacher messages the server's methods build."""
+    from transformers import AutoTokenizer
+
+    ctx = ContextBuilder(AutoTokenizer.from_pretrained(model_path), 4096, "toy")
     p = make_problem((37, 48, 19), ("+", "-"))
-    assert C.student_user(p) == server_fill(T.STUDENT, problem=p.question)
-    assert C.opsd_user(p) == server_fill(T.OPSD_TEACHER, problem=p.question, solution=p.solution)
-    assert C.rlsd_user(p) == server_fill(T.RLSD_TEACHER, problem=p.question, answer="66")
-    assert C.hsd_user(p) == server_fill(T.HSD_TEACHER_FALLBACK, problem=p.question, answer="66")
-    sol = server_fill(T.SDPO_SOLUTION, successful_previous_attempt=p.solution)
-    sdpo = server_fill(T.SDPO_REPROMPT, prompt=C.student_user(p), solution=sol, feedback="")
-    assert C.sdpo_user(p, peer=p.solution) == sdpo
+    group = GroupView(p.question, p.answer, p.solution)
+    rollout = RolloutView(0, 0, 1.0, 8, p.solution, None, "Check the subtraction.")
+    peer = RolloutView(0, 1, 1.0, 8, p.solution, None, None)
+
+    def server(method: str, peer: RolloutView | None = None) -> str:
+        m = get_method(method)
+        return m.teacher_message(ctx, m.parse_params(), group, rollout, peer)
+
+    assert C.student_user(p) == server("opd")
+    assert C.opsd_user(p) == server("opsd")
+    assert C.rlsd_user(p) == server("rlsd")
+    assert C.hsd_user(p) == server("hsd")
+    assert C.hsd_user(p, peer=p.solution) == server("hsd", peer)
+    assert C.sdpo_user(p, peer=p.solution) == server("sdpo", peer)
+    assert C.antisd_user(p, grade="correct") == server("antisd")
+    assert C.amrsd_user(p, "hint", "Check the subtraction.") == server("amrsd")
     for make in C.TEACHER_CONTEXTS.values():
         msg = make(p)
         assert not re.search(r"\{[a-z_]+\}", msg), msg  # every placeholder filled

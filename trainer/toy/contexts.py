@@ -1,13 +1,12 @@
-"""The toy task's prompts in the exact forms of ``server/templates.py``, plus reflection texts.
+"""The toy task's prompts in the exact forms of ``proto/prompts.py``, plus reflection texts.
 
 Shared by ``scripts/train_default_model.py`` (which teaches the embedded model to read privileged
 context), ``scripts/eval_default_model.py`` and the tests, so all three agree word for word with the
 server's teacher contexts (ALGORITHMS.md §4).
 
-Templates are filled with :func:`fill`, not ``str.format``: ``BOXED_INSTRUCTION`` ends in a literal
-``\\boxed{}``, and ``"…\\boxed{}".format(problem=...)`` raises ``IndexError`` (``{}`` is a positional
-field). :func:`fill` replaces only ``{name}`` placeholders it is given, in a single pass, so braces
-inside the inserted values (``\\boxed{66}``) and the empty ``{}`` are left alone.
+Templates are filled with the server's own single-pass ``proto.prompts.fill``, not ``str.format``:
+``BOXED_INSTRUCTION`` ends in a literal ``\\boxed{}`` (a positional field for ``str.format``), and
+braces inside inserted values (``\\boxed{66}``) must be left alone.
 """
 
 from __future__ import annotations
@@ -16,7 +15,7 @@ import random
 import re
 from collections.abc import Callable
 
-from server.templates import (
+from proto.prompts import (
     AMRSD_TEACHER,
     ANTISD_TEACHER,
     HSD_TEACHER,
@@ -31,20 +30,9 @@ from server.templates import (
     SDPO_REPROMPT,
     SDPO_SOLUTION,
     STUDENT,
+    fill,
 )
 from trainer.toy.arith import Problem, Slip
-
-_FIELD = re.compile(r"\{(\w+)\}")
-
-
-def fill(template: str, **fields: str) -> str:
-    """Replace each ``{name}`` whose name is in ``fields``; leave every other brace untouched.
-
-    >>> fill("{problem}\\n\\\\boxed{}", problem="1+1")
-    '1+1\\n\\\\boxed{}'
-    """
-    return _FIELD.sub(lambda m: str(fields.get(m.group(1), m.group(0))), template)
-
 
 # ---- Student and teacher user messages ---------------------------------------------------------
 

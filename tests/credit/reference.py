@@ -1,16 +1,17 @@
-"""Trainer-side full-vocabulary divergences (SDPO, OPSD), kept here to test the sampled-token forms.
+"""Reference helpers the credit tests check the service against (test-only, not served).
 
-SDPO ``compute_self_distillation_loss`` (github.com/lasgroup/SDPO, arXiv 2601.20802) and OPSD's GKD
-loss (arXiv 2601.18734) use the generalised Jensen–Shannon divergence between student S and
-teacher T over the vocabulary, M = (1−α)·S + α·T::
+- Trainer-side full-vocabulary divergences (SDPO ``compute_self_distillation_loss``,
+  github.com/lasgroup/SDPO, arXiv 2601.20802; OPSD's GKD loss, arXiv 2601.18734): the generalised
+  Jensen–Shannon divergence between student S and teacher T, M = (1−α)·S + α·T::
 
-    α = 0:     KL(T‖S)                                  (forward KL)
-    α = 1:     KL(S‖T)                                  (reverse KL)
-    0 < α < 1: (1−α)·KL(S‖M) + α·KL(T‖M)               (α = ½: JSD)
+      α = 0:     KL(T‖S)                                  (forward KL)
+      α = 1:     KL(S‖T)                                  (reverse KL)
+      0 < α < 1: (1−α)·KL(S‖M) + α·KL(T‖M)               (α = ½: JSD)
 
-SDPO restricts both distributions to the top-k entries (k = 100) plus one tail bucket
-log(1 − Σ_top-k p) (`topk_with_tail`). The service returns only sampled-token forms; these are
-the references the tests check them against (ALGORITHMS.md §6 T8/T9).
+  SDPO restricts both to the top-k entries plus one tail bucket (`topk_with_tail`). The service
+  returns only sampled-token forms; these are what the tests check them against (T8/T9 in
+  docs/algorithms.md).
+- Peer candidate lists (`other_successes`) and HSD's coverage curve (`hsd_coverage`).
 """
 
 from __future__ import annotations
@@ -62,3 +63,20 @@ def phi(u: torch.Tensor) -> torch.Tensor:
     ∇_θ JSD = E_{y∼π_S}[−φ(u_y) ∇_θ log π_S(y)]; AntiSD ascends with advantage −φ(u).
     """
     return -antisd_token_signal(u)
+
+
+def other_successes(rewards_B, group_ids_B, success_threshold: float = 0.5) -> list[list[int]]:
+    """cands(b) for every rollout: other successes of its group, ascending."""
+    r_B = torch.as_tensor(rewards_B, dtype=torch.float64).reshape(-1)
+    g_B = torch.as_tensor(group_ids_B).reshape(-1)
+    same_BB = (g_B[:, None] == g_B[None, :]) & (r_B[None, :] >= success_threshold)  # (B, B)
+    same_BB.fill_diagonal_(False)
+    return [torch.nonzero(row).reshape(-1).tolist() for row in same_BB]
+
+
+def hsd_coverage(p: float, G: int) -> float:
+    """P(a rollout failed AND has a successful peer) = (1−p)·[1 − (1−p)^{G−1}].
+
+    For G = 8 it peaks at p ≈ 0.257 (0.650).
+    """
+    return (1.0 - p) * (1.0 - (1.0 - p) ** (G - 1))
