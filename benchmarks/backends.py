@@ -22,8 +22,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from client.launcher import ServerProcess
 from proto import decode_packed, encode_packed
-from server.launcher import ServerProcess
 from server.settings import DEFAULT_MODEL_DIR
 
 

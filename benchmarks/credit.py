@@ -26,9 +26,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from tables import print_table
 
+from client.launcher import ServerProcess
 from server.engines.base import ScoreItem
 from server.engines.hf import HFEngine
-from server.launcher import ServerProcess
 from server.settings import DEFAULT_MODEL_DIR, Settings
 from trainer.toy.arith import generate_problems
 

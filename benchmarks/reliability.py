@@ -4,7 +4,7 @@ killed (SIGKILL) under the client's failover.
     python benchmarks/reliability.py --clients 64 --seconds 30 --queue 16
     python benchmarks/reliability.py --model /tmp/tiny --clients 16 --seconds 5    # a quick look
 
-Two scenarios, each on real uvicorn servers on real ports (``server.launcher.ServerProcess``):
+Two scenarios, each on real uvicorn servers on real ports (``client.launcher.ServerProcess``):
 
 * **load**: ``--clients`` concurrent clients (asyncio + httpx, one pooled connection each) send a
   fixed mix of ``/v1/logprobs`` and ``/v1/advantages`` requests for ``--seconds`` to one server
@@ -46,8 +46,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from client import TeacherClient, Timeout
+from client.launcher import ServerProcess
 from proto import decode_packed
-from server.launcher import ServerProcess
 from server.settings import DEFAULT_MODEL_DIR
 
 JSON = {"Content-Type": "application/json"}

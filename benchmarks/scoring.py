@@ -34,10 +34,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from gpu_scoring import build_random_qwen3  # Qwen3-0.6B shape, random weights
 from tables import print_table
 
+from client.launcher import ServerProcess
 from proto import decode_packed, encode_packed
 from server.engines.base import ScoreItem
 from server.engines.hf import HFEngine
-from server.launcher import ServerProcess
 from server.settings import DEFAULT_MODEL_DIR, Settings
 
 

@@ -1,20 +1,26 @@
-"""Shared fixtures: the real model, and real servers on real ports.
+"""Shared fixtures: the real model, and real servers.
 
-Servers are session-scoped subprocesses (``server.launcher.ServerProcess``) running
-``uvicorn server.app:app`` on the embedded model. ``server`` is parametrised over the backends
-present: ``hf`` always, ``vllm`` when vllm imports (set ``TC_TEST_BACKENDS=hf`` to pick).
-``TC_TEST_DEVICE=cuda`` runs the servers on a GPU (reference numbers stay on the CPU).
+One way to start a server, ``start_server`` (``TC_TEST_DEVICE`` and the test model honoured):
+session-scoped subprocesses (``client.launcher.ServerProcess``) running ``uvicorn server.app:app``
+on real ports, for what needs a real process (concurrency, signals, failover, load). ``server`` is
+parametrised over the backends present: ``hf`` always, ``vllm`` when vllm imports (set
+``TC_TEST_BACKENDS=hf`` to pick). ``TC_TEST_DEVICE=cuda`` runs the servers on a GPU (reference
+numbers stay on the CPU). ``app_server`` is the same app in this process, reached through
+``httpx.ASGITransport``: for validation and error paths, which need no process of their own.
 """
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import os
+import threading
 from pathlib import Path
 
+import httpx
 import pytest
 
-from server.launcher import ServerProcess
+from client.launcher import ServerProcess
 from server.settings import DEFAULT_MODEL_DIR
 
 
@@ -44,15 +50,93 @@ def hf_model(model_path):
     return model, AutoTokenizer.from_pretrained(model_path)
 
 
-def start_server(tmp_path_factory, name: str, env: dict[str, str]) -> ServerProcess:
-    log = Path(tmp_path_factory.mktemp(name)) / "server.log"
+def server_env(**env: str) -> dict[str, str]:
+    """The TC_* settings of every test server (test model and device), overridden by ``env``."""
     base = {
         "TC_MODEL": _model_path(),
         "TC_DEVICE": os.environ.get("TC_TEST_DEVICE", "cpu"),
         "TC_DTYPE": "float32",
         "TC_LOG_LEVEL": "warning",
     }
-    return ServerProcess(env={**base, **env}, log_path=log).start()
+    return {**base, **env}
+
+
+def start_server(tmp_path_factory, name: str, env: dict[str, str]) -> ServerProcess:
+    log = Path(tmp_path_factory.mktemp(name)) / "server.log"
+    return ServerProcess(env=server_env(**env), log_path=log).start()
+
+
+class AppServer:
+    """``server.app`` in this process, with its lifespan running on a private event loop thread;
+    ``request`` goes through ``httpx.ASGITransport`` (no socket, no subprocess)."""
+
+    backend = "hf"
+
+    def __init__(self, **env: str):
+        from server.app import create_app
+        from server.settings import Settings
+
+        settings = {k.removeprefix("TC_").lower(): v for k, v in server_env(**env).items()}
+        self.app = create_app(Settings(**settings))
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._stop: asyncio.Event | None = None
+        self._done: asyncio.Future | None = None
+        self.url = "http://in-process"
+
+    def start(self) -> AppServer:
+        self._thread.start()
+        ready = self._call(self._start())
+        return ready
+
+    async def _start(self) -> AppServer:
+        self._stop = asyncio.Event()
+        started = asyncio.get_running_loop().create_future()
+
+        async def lifespan() -> None:
+            async with self.app.router.lifespan_context(self.app):
+                await self.app.state.runtime.wait_ready(timeout=300)
+                started.set_result(None)
+                await self._stop.wait()
+
+        self._done = asyncio.ensure_future(lifespan())
+        await asyncio.wait({started, self._done}, return_when=asyncio.FIRST_COMPLETED)
+        if self._done.done():
+            self._done.result()  # raises the start-up error
+        self.client = httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=self.app), base_url=self.url, timeout=300
+        )
+        return self
+
+    def _call(self, coro):
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+
+    def request(self, method: str, path: str, **kw) -> httpx.Response:
+        return self._call(self.client.request(method, path, **kw))
+
+    def post(self, path: str, **kw) -> httpx.Response:
+        return self.request("POST", path, **kw)
+
+    def get(self, path: str, **kw) -> httpx.Response:
+        return self.request("GET", path, **kw)
+
+    def stop(self) -> None:
+        async def close() -> None:
+            await self.client.aclose()
+            self._stop.set()
+            await self._done
+
+        self._call(close())
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(30)
+
+
+@pytest.fixture(scope="session")
+def app_server():
+    """The hf app in process (validation and error paths); see `AppServer`."""
+    proc = AppServer().start()
+    yield proc
+    proc.stop()
 
 
 @pytest.fixture(scope="session", params=_backends())

@@ -21,7 +21,6 @@ success of the group, else the dataset's ``reference_solution``, <think> blocks 
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -117,9 +116,6 @@ class EntropyGate:
             "g": self.g,
         }
 
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict())
-
     @classmethod
     def from_dict(cls, state: dict[str, Any] | None, **config: Any) -> EntropyGate:
         """Gate from a returned state (None or {} = initial). Raises ValueError on a bad state."""
@@ -149,10 +145,6 @@ class EntropyGate:
             g=int(g),
         )
 
-    @classmethod
-    def from_json(cls, text: str, **config: Any) -> EntropyGate:
-        return cls.from_dict(json.loads(text), **config)
-
     # ---- updates ---------------------------------------------------------------------------
     @property
     def warming_up(self) -> bool:
@@ -173,13 +165,13 @@ class EntropyGate:
             return _median(vals_N)
         return float(vals_N.to(torch.float64).mean())
 
-    def update(self, entropy_BT: torch.Tensor, mask_BT: torch.Tensor) -> int:
-        """Update once with this step's entropy; returns the gate for this step.
+    def step(self, entropy_BT: torch.Tensor, mask_BT: torch.Tensor) -> tuple[int, float | None]:
+        """Update once with this step's entropy; returns (the gate for this step, the H it used).
 
-        A step with no generated token leaves the state unchanged.
+        A step with no generated token leaves the state unchanged (H is None).
         """
         h = self.statistic(entropy_BT, mask_BT)
-        return self.value if h is None else self.update_scalar(h)
+        return (self.value if h is None else self.update_scalar(h)), h
 
     def update_scalar(self, h: float) -> int:
         """Update once with this step's statistic H = ``h``; returns the gate for this step."""
@@ -239,8 +231,7 @@ def compute_antisd(
         ratio_down=params.ratio_down,
         gate_stat=params.gate_stat,
     )
-    h = gate.statistic(inputs.teacher_entropy_BT, m_BT)  # None: no generated token this step
-    g = gate.value if h is None else gate.update_scalar(h)
+    g, h = gate.step(inputs.teacher_entropy_BT, m_BT)
     A_B = sequence_advantages_of(inputs, params, dtype)  # (B,)
     u_BT = log_ratio(inputs, dtype)  # (B, T)
     row_B = inputs.row_mask_B()

@@ -24,7 +24,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from server.launcher import ServerProcess, free_port
+from client.launcher import ServerProcess, free_port
 from server.settings import DEFAULT_MODEL_DIR
 
 
@@ -143,18 +143,6 @@ def faults(proxy):
     proxy.reset()
     yield proxy
     proxy.reset()
-
-
-@pytest.fixture
-def require_route():
-    """``require_route(url, path)`` skips the test when the server's /openapi.json does not list
-    ``path`` (a route still being written)."""
-
-    def check(url: str, path: str) -> None:
-        if path not in httpx.get(url + "/openapi.json", timeout=10).json()["paths"]:
-            pytest.skip("route not yet implemented")
-
-    return check
 
 
 @pytest.fixture(scope="session")

@@ -98,8 +98,7 @@ def _groups(vocab: int) -> list[dict]:
     ]
 
 
-def test_advantages_jsonl_and_state_file(server, tmp_path, capsys, vocab, require_route):
-    require_route(server.url, "/v1/advantages")
+def test_advantages_jsonl_and_state_file(server, tmp_path, capsys, vocab):
     groups = _groups(vocab)
     src = write_jsonl(tmp_path / "groups.jsonl", groups)
     out = tmp_path / "adv.jsonl"
@@ -123,8 +122,7 @@ def test_advantages_jsonl_and_state_file(server, tmp_path, capsys, vocab, requir
     assert len(second["warmup_history"]) == len(first["warmup_history"]) + 1
 
 
-def test_hints(server, tmp_path, capsys, require_route):
-    require_route(server.url, "/v1/hints")
+def test_hints(server, tmp_path, capsys):
     group = {
         "problem": "2+2=?",
         "reference_answer": "4",

@@ -16,7 +16,7 @@ import pytest
 
 import client
 from client import AsyncTeacherClient, RetryPolicy, TeacherClient
-from server.launcher import free_port
+from client.launcher import free_port
 
 # Separate requests may be batched differently, which moves the last float32 bits (on a GPU
 # by up to ~2e-5 at |log p| ~ 18: other batch shapes pick other kernels).

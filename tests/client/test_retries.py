@@ -11,7 +11,7 @@ import pytest
 
 import client
 from client import AsyncTeacherClient, RetryPolicy, TeacherClient, Timeout
-from server.launcher import free_port
+from client.launcher import free_port
 
 # Separate requests may be batched differently, which moves the last float32 bits.
 ATOL = 1e-5

@@ -5,6 +5,7 @@ The spec rounds to 6 decimals; the numbers are worked out in the comments.
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -191,8 +192,8 @@ def test_t5_gate(round_trip, stat):
     out = []
     for H in WARM_H + AFTER_H:
         if round_trip:
-            gate = EntropyGate.from_json(gate.to_json(), gate_stat=stat)
-        out.append(gate.update(*entropy_step(H)))
+            gate = EntropyGate.from_dict(json.loads(json.dumps(gate.to_dict())), gate_stat=stat)
+        out.append(gate.step(*entropy_step(H))[0])
         if len(out) == 5:
             assert gate.to_dict() == WARM_STATE
     assert out == [0, 0, 0, 0, 0, 1, 0, 0, 1, 0]  # warm-up, then T5's gates
@@ -212,12 +213,12 @@ def test_t5_no_token_step_leaves_state_unchanged():
     gate = EntropyGate()
     gate.update_scalar(2.0)
     before = gate.to_dict()
-    assert gate.update(ent, empty) == 0
+    assert gate.step(ent, empty) == (0, None)
     assert gate.to_dict() == before
     gate = EntropyGate.from_dict(WARM_STATE | {"g": 0})
-    assert gate.update(ent, empty) == 0 and gate.to_dict() == WARM_STATE | {"g": 0}
+    assert gate.step(ent, empty) == (0, None) and gate.to_dict() == WARM_STATE | {"g": 0}
     gate = EntropyGate.from_dict(WARM_STATE)
-    assert gate.update(ent, empty) == 1 and gate.to_dict() == WARM_STATE
+    assert gate.step(ent, empty) == (1, None) and gate.to_dict() == WARM_STATE
 
 
 def test_t5_through_compute_antisd():

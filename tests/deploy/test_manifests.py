@@ -557,21 +557,9 @@ def test_probe_paths_are_in_the_api_contract() -> None:
 
 def test_probe_paths_are_routes_of_the_app() -> None:
     paths = probe_and_scrape_paths()
-    if (REPO / "server" / "app.py").is_file():
-        app = import_repo_module("server.app").app
-        routes = {getattr(r, "path", None) for r in app.routes} - {None}
-        source = "server.app:app routes"
-    elif (REPO / "proto" / "openapi.json").is_file():
-        spec = json.loads((REPO / "proto" / "openapi.json").read_text())
-        routes = set(spec.get("paths", {}))
-        source = "proto/openapi.json"
-        # /metrics is usually mounted outside the schema; the probes must be in it.
-        paths -= {"/metrics"}
-    else:
-        pytest.skip(
-            "server/app.py and proto/openapi.json do not exist yet: probe paths were checked "
-            "only against API.md's route list (test_probe_paths_are_in_the_api_contract)"
-        )
+    app = import_repo_module("server.app").app
+    routes = {getattr(r, "path", None) for r in app.routes} - {None}
+    source = "server.app:app routes"
     missing = paths - routes
     assert not missing, f"probe/scrape paths {missing} are not in {source}: {sorted(routes)}"
 

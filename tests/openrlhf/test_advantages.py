@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from client import ConnectError
-from server.launcher import free_port
+from client.launcher import free_port
 from trainer.openrlhf import plugin as plugin_mod
 from trainer.openrlhf.config import PluginConfig
 from trainer.openrlhf.experiences import AlignmentError, build_batch

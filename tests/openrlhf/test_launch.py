@@ -156,7 +156,7 @@ def test_main_inits_ray_with_the_runtime_env_then_runs_train_ppo_ray(server, mon
 def test_main_stops_before_ray_when_the_pool_is_down(monkeypatch, capsys):
     fake_ray = MagicMock()
     monkeypatch.setitem(sys.modules, "ray", fake_ray)
-    from server.launcher import free_port
+    from client.launcher import free_port
 
     argv = ["--teacher-url", f"http://127.0.0.1:{free_port()}", "--method", "hsd",
             "--preflight-timeout", "1", "--", *TRAIN_ARGS]  # fmt: skip

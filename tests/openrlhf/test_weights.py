@@ -18,7 +18,7 @@ import httpx
 import pytest
 import torch
 
-from server.launcher import ServerProcess
+from client.launcher import ServerProcess
 from trainer.openrlhf import plugin as plugin_mod
 from trainer.openrlhf.config import PluginConfig
 from trainer.openrlhf.plugin import TeacherCredit

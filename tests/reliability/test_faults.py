@@ -17,7 +17,7 @@ import signal
 import httpx
 import pytest
 
-from server.launcher import ServerProcess
+from client.launcher import ServerProcess
 
 CALLS = int(os.environ.get("TC_FAULT_CALLS", "96"))
 CONCURRENCY = 8

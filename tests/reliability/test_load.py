@@ -14,7 +14,7 @@ import os
 import httpx
 import pytest
 
-from server.launcher import ServerProcess
+from client.launcher import ServerProcess
 
 CLIENTS = int(os.environ.get("TC_LOAD_CLIENTS", "64"))
 SECONDS = float(os.environ.get("TC_LOAD_SECONDS", "20"))

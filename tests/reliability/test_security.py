@@ -21,7 +21,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from server.launcher import ServerProcess
+from client.launcher import ServerProcess
 
 REPO = Path(__file__).resolve().parents[2]
 API_KEY = "sec-api-" + secrets.token_hex(8)

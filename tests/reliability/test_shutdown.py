@@ -8,7 +8,7 @@ import time
 
 import httpx
 
-from server.launcher import ServerProcess
+from client.launcher import ServerProcess
 
 
 def wait_in_flight(url: str, n: int, timeout: float = 60.0) -> None:

@@ -18,7 +18,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen3Config, Qwen3ForCausalLM
 
-from server.launcher import ServerProcess
+from client.launcher import ServerProcess
 
 SEQS = [
     {"context_ids": [1, 2, 3, 4, 5], "target_ids": [6, 7, 8, 9, 10, 11]},

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from client import TeacherClient
-from server.launcher import ServerProcess
+from client.launcher import ServerProcess
 from server.settings import DEFAULT_MODEL_DIR
 from trainer.toy import loop
 from trainer.toy.__main__ import config_from_args

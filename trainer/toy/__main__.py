@@ -2,7 +2,7 @@
 
 Every :class:`trainer.toy.loop.Config` field is a flag (``--prompts-per-step 32``); ``--param k=v``
 adds a method parameter. Without ``--teacher-url`` the loop starts its own server
-(``server.launcher.ServerProcess``, hf backend) with ``TC_WEIGHTS_ROOT`` inside the run folder.
+(``client.launcher.ServerProcess``, hf backend) with ``TC_WEIGHTS_ROOT`` inside the run folder.
 """
 
 from __future__ import annotations

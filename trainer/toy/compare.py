@@ -182,7 +182,7 @@ def run(args: argparse.Namespace) -> dict[str, dict]:
     base = Config(method="grpo", model=args.model, progress=not args.no_progress, **preset)
 
     from client import TeacherClient
-    from server.launcher import ServerProcess
+    from client.launcher import ServerProcess
 
     summaries: dict[str, list[dict]] = {}
     started = time.perf_counter()

@@ -387,7 +387,7 @@ class StepLog:
 
 
 def start_server(cfg: Config, run_dir: Path, stack: ExitStack) -> tuple[str, str]:
-    from server.launcher import ServerProcess
+    from client.launcher import ServerProcess
 
     weights_root = run_dir / "weights"
     weights_root.mkdir(parents=True, exist_ok=True)

@@ -257,7 +257,7 @@ def main() -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from client import TeacherClient
-    from server.launcher import ServerProcess
+    from client.launcher import ServerProcess
 
     torch.set_num_threads(1)
     cfg = Config(

@@ -1,4 +1,7 @@
-"""Start a tokencredit server in a subprocess on a free port and wait until it is ready.
+"""Start a local tokencredit server in a subprocess on a free port and wait until it is ready.
+
+It runs `python -m uvicorn server.app:app` and talks to it over HTTP only (it imports nothing
+from `server`), so tests, benchmarks and the trainers share one way to start a server.
 
 Used by the tests, the benchmarks and the toy trainer to run the real server on a real port::
 
