@@ -1,4 +1,4 @@
-"""Python SDK of the tokencredit teacher-scoring service (API.md), sync and async.
+"""Python SDK of the tokencredit teacher-scoring service (docs/api.md), sync and async.
 
     >>> from client import TeacherClient
     >>> tc = TeacherClient("http://127.0.0.1:8000")                        # doctest: +SKIP

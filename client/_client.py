@@ -1,4 +1,4 @@
-"""`TeacherClient` (sync) and `AsyncTeacherClient`: typed methods for every route of API.md.
+"""`TeacherClient` (sync) and `AsyncTeacherClient`: typed methods for every route of docs/api.md.
 
     >>> from client import TeacherClient
     >>> with TeacherClient(["http://teacher-0:8000", "http://teacher-1:8000"]) as tc:  # doctest: +SKIP
@@ -585,7 +585,7 @@ class TeacherClient(_Api):
     ) -> AdvantagesResult:
         """Per-token advantages of ``method`` for ``groups`` (``POST /v1/advantages``).
 
-        ``groups``: request-shaped dicts (API.md) or ``proto.Group``; arrays as lists, NumPy or
+        ``groups``: request-shaped dicts (docs/api.md) or ``proto.Group``; arrays as lists, NumPy or
         tensors. Send back ``result.state`` as ``state=`` on the run's next call (AntiSD's gate).
         Calls of `SPLITTABLE_METHODS` over ``max_request_tokens`` are split by groups; others
         always go out as one request.

@@ -34,7 +34,7 @@ ArrayLike = Any  # list, NumPy array or torch tensor
 
 @dataclass
 class TokenScores:
-    """Scores of one sequence's target tokens: row j is target token j (API.md, "Alignment")."""
+    """Scores of one sequence's target tokens: row j is target token j (docs/api.md, "Alignment")."""
 
     logprobs: Any  # (T,) float32: log p(target_ids[j] | everything before it)
     entropy: Any = None  # (T,) float32 nats, when entropy=True

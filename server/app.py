@@ -52,7 +52,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         runtime.draining = True
         await runtime.stop()
 
-    # With API keys every route but health and metrics needs one (API.md), so the interactive
+    # With API keys every route but health and metrics needs one (docs/api.md), so the interactive
     # docs are switched off rather than left open; the schema is also in proto/openapi.json.
     docs = (
         {}

@@ -1,4 +1,4 @@
-"""One error shape for every failure: ``{"error": {"type", "message", "field"}}`` (API.md).
+"""One error shape for every failure: ``{"error": {"type", "message", "field"}}`` (docs/api.md).
 
 Validation errors name the JSON path of the offending field (``sequences[0].context_ids``);
 a custom pydantic error may carry ``ctx["field"]`` to point below the model that raised it

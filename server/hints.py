@@ -1,6 +1,6 @@
 """AMR-SD Meta-Reflection: the policy writes a ``<hint>`` or ``<critique>`` about each rollout.
 
-Source: AMR-SD, arXiv 2605.18529 (ALGORITHMS.md §4.8): "the model generates an encouraging
+Source: AMR-SD, arXiv 2605.18529 (docs/algorithms.md §4.8): "the model generates an encouraging
 ``<hint>`` for successful trajectories or a targeted ``<critique>`` for failed trajectories, using
 verifier-approved peer rollouts when available"; no ground truth in either branch. The reflection
 later becomes the teacher context ``AMRSD_TEACHER`` of ``/v1/advantages``.

@@ -3,7 +3,7 @@
 Every method reads one `CreditInputs` (padded ``[B, T]`` tensors plus per-rollout ``[B]`` tensors)
 and returns one `CreditResult`. Axis suffixes: ``_B`` rollouts, ``_T`` response positions, ``_G``
 groups. Position t is the t-th *generated* token of a rollout, never an absolute position
-(ALGORITHMS.md §3).
+(docs/algorithms.md §3).
 
 Masking rule (§3.3): everything outside ``mask_BT`` is exactly 0, written ``torch.where(mask, x, 0)``
 and never ``mask * x``, so ``-inf`` or NaN in padding cannot leak. A row with no generated token is

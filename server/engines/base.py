@@ -1,7 +1,7 @@
 """The narrow interface every scoring backend implements.
 
 Engines know nothing of HTTP: routes turn requests into ``ScoreItem``s (``to_engine_items``) and
-engine outputs back into wire models. All per-token arrays follow API.md's alignment rule:
+engine outputs back into wire models. All per-token arrays follow docs/api.md's alignment rule:
 ``logprobs[j]`` scores ``target_ids[j]`` given ``context_ids + target_ids[:j]``; nothing is shifted
 or padded, so every array has exactly ``len(target_ids)`` rows.
 """

@@ -469,7 +469,7 @@ class HFEngine:
         """Ancestral sampling with a KV cache; each item has its own seeded generator.
 
         Left padding with ``position_ids = cumsum(mask) - 1`` keeps every row's numbers equal to
-        generating it alone (FIELD_NOTES), so a seed gives the same text whatever the batch.
+        generating it alone, so a seed gives the same text whatever the batch.
         """
         if not items:
             return []

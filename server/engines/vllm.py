@@ -9,7 +9,7 @@ Scoring. Each ``ScoreItem`` becomes one request ``TokensPrompt(context + target)
 ``SamplingParams(max_tokens=1, prompt_logprobs=k, flat_logprobs=True, detokenize=False)``. vLLM
 returns, for every prompt position after the first, ``k + 1`` entries: the actual token first, then
 the top-k, highest first (``torch.topk``). The last ``len(target)`` positions are the target rows
-(API.md's alignment: row j scores ``target[j]`` given ``context + target[:j]``). All items of a call
+(docs/api.md's alignment: row j scores ``target[j]`` given ``context + target[:j]``). All items of a call
 are submitted at once, so vLLM's scheduler batches them. ``temperature`` must be 1.0: prompt
 log-probs are raw log-softmax of the logits and skip vLLM's sampling processors, and
 ``log_softmax(logits / T)`` cannot be rebuilt from top-k, so any other temperature is a

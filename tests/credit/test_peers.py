@@ -1,4 +1,4 @@
-"""Peer selection (ALGORITHMS.md §6 T10) and HSD coverage."""
+"""Peer selection (docs/algorithms.md §6 T10) and HSD coverage."""
 
 from __future__ import annotations
 
@@ -9,13 +9,30 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from server.credit import antisd_select_solutions, hsd_select_peers, sdpo_select_demo
-from tests.credit.reference import hsd_coverage, other_successes
+
+
+def other_successes(rewards_B, group_ids_B, success_threshold: float = 0.5) -> list[list[int]]:
+    """cands(b) for every rollout: other successes of its group, ascending."""
+    r_B = torch.as_tensor(rewards_B, dtype=torch.float64).reshape(-1)
+    g_B = torch.as_tensor(group_ids_B).reshape(-1)
+    same_BB = (g_B[:, None] == g_B[None, :]) & (r_B[None, :] >= success_threshold)  # (B, B)
+    same_BB.fill_diagonal_(False)
+    return [torch.nonzero(row).reshape(-1).tolist() for row in same_BB]
+
+
+def hsd_coverage(p: float, G: int) -> float:
+    """P(a rollout failed AND has a successful peer) = (1−p)·[1 − (1−p)^{G−1}].
+
+    For G = 8 it peaks at p ≈ 0.257 (0.650).
+    """
+    return (1.0 - p) * (1.0 - (1.0 - p) ** (G - 1))
+
 
 G4 = [0, 0, 0, 0]
 
 
 def naive_cands(rewards, group_ids, thr=0.5):
-    """ALGORITHMS.md §5 ``other_successes`` for every rollout."""
+    """docs/algorithms.md §5 ``other_successes`` for every rollout."""
     return [
         [
             j

@@ -1,6 +1,6 @@
 """Properties of the nine methods, and the vectorised code against the §5 NumPy reference.
 
-The oracle below is ALGORITHMS.md §5 ported as-is (loops over groups, NumPy); the torch code must
+The oracle below is docs/algorithms.md §5 ported as-is (loops over groups, NumPy); the torch code must
 agree with it on random batches with several groups of different sizes, ids in any order,
 garbage (NaN, ±inf) in the padding and empty rows.
 """
@@ -27,7 +27,7 @@ from server.credit import (
 )
 
 # ================================================================================================
-# ALGORITHMS.md §5 NumPy reference (the oracle)
+# docs/algorithms.md §5 NumPy reference (the oracle)
 # ================================================================================================
 LOG2 = float(np.log(2.0))
 
@@ -534,7 +534,7 @@ def test_annealing_reaches_grpo(method, seed, sizes, T, continuous, step, decay,
 
 def test_methods_with_zero_advantage_groups_keep_token_signal():
     """Uniform group: A = 0; AntiSD's additive term and the u-methods still flow, the modulators
-    give 0 (ALGORITHMS.md edge cases)."""
+    give 0 (docs/algorithms.md edge cases)."""
     b = make_batch(3, [4], 6)
     b = replace(
         b,

@@ -1,4 +1,4 @@
-"""Registry: ids, typed defaults of ALGORITHMS.md §1, parameter validation, teacher needs."""
+"""Registry: ids, typed defaults of docs/algorithms.md §1, parameter validation, teacher needs."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from server.credit import (
     parse_params,
 )
 
-# ALGORITHMS.md §1 "Service defaults"
+# docs/algorithms.md §1 "Service defaults"
 DEFAULTS = {
     "grpo": {"grpo_std": "unbiased", "eps": 1e-6},
     "dr_grpo": {"grpo_std": "none", "eps": 1e-6},

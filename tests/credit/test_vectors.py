@@ -1,4 +1,4 @@
-"""ALGORITHMS.md §6 test vectors T1–T11 (T10 peers: test_peers.py), float64 at 1e-6.
+"""docs/algorithms.md §6 test vectors T1–T11 (T10 peers: test_peers.py), float64 at 1e-6.
 
 The spec rounds to 6 decimals; the numbers are worked out in the comments.
 """
@@ -19,7 +19,6 @@ from server.credit import (
     compute_credit,
     sequence_advantages,
 )
-from tests.credit.reference import phi, sdpo_token_loss, topk_with_tail
 
 F64 = torch.float64
 NAN, INF = float("nan"), float("inf")
@@ -331,6 +330,54 @@ def test_t7_rlsd():
 
 
 # ---- T8, T9: divergences ----------------------------------------------------------------------
+
+# Trainer-side full-vocabulary divergences the sampled-token forms are checked against (SDPO
+# compute_self_distillation_loss, github.com/lasgroup/SDPO; OPSD's GKD loss): generalised JSD with
+# M = (1−α)·S + α·T; α = 0: KL(T‖S), α = 1: KL(S‖T); top-k entries plus a tail bucket.
+
+
+def _kl(logp_V: torch.Tensor, logq_V: torch.Tensor) -> torch.Tensor:
+    """KL(p‖q) = Σ_v p_v (log p_v − log q_v) over the last axis; entries with p_v = 0 add 0."""
+    p_V = logp_V.exp()
+    return torch.where(p_V > 0, p_V * (logp_V - logq_V), 0.0).sum(-1)
+
+
+def sdpo_token_loss(
+    student_logp_V: torch.Tensor, teacher_logp_V: torch.Tensor, alpha: float = 0.5
+) -> torch.Tensor:
+    """Generalised JSD per position, shape ``[...]`` from log-probs ``[..., V]``.
+
+    Naive reference::
+
+        S, T = student_logp, teacher_logp
+        M = log((1 - alpha) * exp(S) + alpha * exp(T))
+        loss = (1 - alpha) * sum(exp(S) * (S - M)) + alpha * sum(exp(T) * (T - M))
+    """
+    S_V, T_V = student_logp_V, teacher_logp_V
+    if alpha == 0.0:
+        return _kl(T_V, S_V)  # KL(T‖S)
+    if alpha == 1.0:
+        return _kl(S_V, T_V)  # KL(S‖T)
+    M_V = torch.logaddexp(S_V + math.log(1.0 - alpha), T_V + math.log(alpha))  # log M
+    return (1.0 - alpha) * _kl(S_V, M_V) + alpha * _kl(T_V, M_V)
+
+
+def topk_with_tail(logp_V: torch.Tensor, idx_K: torch.Tensor) -> torch.Tensor:
+    """Kept entries ``idx_K`` plus a tail bucket log(1 − Σ kept p): ``[..., K+1]``."""
+    kept_K = logp_V[..., idx_K]
+    tail_1 = torch.log1p(-kept_K.exp().sum(-1, keepdim=True))
+    return torch.cat([kept_K, tail_1], dim=-1)
+
+
+def phi(u: torch.Tensor) -> torch.Tensor:
+    """φ(u) = ½ (softplus(u) − log 2): the per-token reward of *descending* JSD (β = ½) in u.
+
+    With r = e^u, f(r) = ½[r log r − (1+r) log((1+r)/2)] and f(r) − r f'(r) = −φ(u), so
+    ∇_θ JSD = E_{y∼π_S}[−φ(u_y) ∇_θ log π_S(y)]; AntiSD ascends with advantage −φ(u).
+    """
+    return -antisd_token_signal(u)
+
+
 P8 = [0.5, 0.3, 0.2]  # student
 Q8 = [0.2, 0.5, 0.3]  # teacher
 

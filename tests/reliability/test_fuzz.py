@@ -1,5 +1,5 @@
 """Fuzzing: no input makes the server answer 5xx, hang, or answer anything but the JSON error
-shape of API.md.
+shape of docs/api.md.
 
 Three layers against a live server (the ``server`` fixture: every backend present):
 
@@ -56,7 +56,7 @@ def fuzz_settings(examples: int):
 
 
 def check_answer(status: int, content_type: str, body: bytes, what: str) -> None:
-    """API.md: never a 5xx; errors are JSON ``{"error": {"type", "message", "field"}}``."""
+    """docs/api.md: never a 5xx; errors are JSON ``{"error": {"type", "message", "field"}}``."""
     assert status < 500, f"{what} -> {status}: {body[:500]!r}"
     if status >= 400:
         assert status in ERROR_STATUSES, f"{what} -> {status}"

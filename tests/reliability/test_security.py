@@ -29,7 +29,7 @@ ADMIN_KEY = "sec-admin-" + secrets.token_hex(8)
 WRONG_KEY = "sec-wrong-" + secrets.token_hex(8)
 BODY_LIMIT = 64 * 1024
 
-# API.md: the only routes open without a key.
+# docs/api.md: the only routes open without a key.
 PUBLIC = {"/healthz", "/readyz", "/metrics"}
 ADMIN = {"/v1/weights"}
 

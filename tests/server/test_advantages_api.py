@@ -1,7 +1,7 @@
 """/v1/advantages end to end on the real model and a real server.
 
 The oracle for the math is ``server.credit.compute_credit`` (itself tested against the
-ALGORITHMS.md vectors); these tests check the plumbing: contexts, scoring, alignment, errors.
+docs/algorithms.md vectors); these tests check the plumbing: contexts, scoring, alignment, errors.
 """
 
 from __future__ import annotations

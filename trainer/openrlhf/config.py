@@ -70,7 +70,7 @@ class ConfigError(ValueError):
 class PluginConfig:
     # Teacher pool: base URLs, tried in order with failover by the client's transport.
     urls: tuple[str, ...]
-    # Credit method and its parameter overrides (ALGORITHMS.md).
+    # Credit method and its parameter overrides (docs/algorithms.md).
     method: str
     params: dict[str, Any] = field(default_factory=dict)
     seed: int = 0

@@ -1,6 +1,6 @@
 """Checks of the papers' claims on the toy loop's own rollouts.
 
-- **HSD localisation** (ALGORITHMS.md §4.6): "about 55% of the credit mass lies within ±8 tokens of
+- **HSD localisation** (docs/algorithms.md §4.6): "about 55% of the credit mass lies within ±8 tokens of
   the divergence position τ". For a failed rollout i whose teacher saw a successful peer p
   (``details.peer_index``), τ = the first response index where ``response_ids`` of i and p differ
   (the shorter length if one is a prefix of the other), and the share is::
@@ -33,7 +33,7 @@ __all__ = [
 
 
 def grpo_advantages(rewards_B: np.ndarray, G: int, eps: float = 1e-6) -> np.ndarray:
-    """GRPO A_i per rollout, groups of G consecutive rollouts, unbiased std (ALGORITHMS.md §4.1).
+    """GRPO A_i per rollout, groups of G consecutive rollouts, unbiased std (docs/algorithms.md §4.1).
 
     A_i = (r_i − mean_g r) / (std_g r + eps); a size-1 group has mean 0, std 1.  # (B,)
     """

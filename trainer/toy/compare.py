@@ -14,7 +14,7 @@ Columns: held-out greedy accuracy at step 0 and at the end (mean over seeds), th
 step at which a method's mean accuracy reaches GRPO's final mean accuracy ("—": never within the
 run), mean training reward, and wall time per step split into rollout (sampling + verification),
 scoring (the ``/v1/advantages`` round trip) and update (forward/backward/AdamW + weight pushes).
-With 1–3 seeds and 200 evaluation problems the noise is about ±0.03 (FIELD_NOTES): read small
+With 1–3 seeds and 200 evaluation problems the noise is about ±0.03 (docs/toy.md): read small
 differences as ties.
 """
 
@@ -143,7 +143,7 @@ def plot(rows: dict[str, dict], path: Path, title: str) -> None:
     if "grpo" in rows:
         final = rows["grpo"]["final"]
         ax.axhline(final, color="black", linestyle=":", linewidth=0.8)
-        # FIELD_NOTES: ±0.02-0.03 evaluation noise on a few hundred problems, one seed.
+        # ±0.02-0.03 evaluation noise on a few hundred problems, one seed (docs/toy.md).
         ax.axhspan(final - 0.03, final + 0.03, color="0.5", alpha=0.12, label="GRPO final ± 0.03")
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("held-out greedy accuracy")

@@ -2,7 +2,7 @@
 
 Shared by ``scripts/train_default_model.py`` (which teaches the embedded model to read privileged
 context), ``scripts/eval_default_model.py`` and the tests, so all three agree word for word with the
-server's teacher contexts (ALGORITHMS.md §4).
+server's teacher contexts (docs/algorithms.md §4).
 
 Templates are filled with the server's own single-pass ``proto.prompts.fill``, not ``str.format``:
 ``BOXED_INSTRUCTION`` ends in a literal ``\\boxed{}`` (a positional field for ``str.format``), and

@@ -8,17 +8,17 @@ Per step, for P prompts × G samples:
 2. **Scoring** (over HTTP): ``POST /v1/advantages`` through :class:`client.TeacherClient` with the
    prompt ids, the problem and its references, and per rollout the response ids, reward, text and
    the learner's own sampling-time log-probs. The answer is Â_{i,t} for every response token.
-3. **Update**: one PPO-clip step, token-mean aggregation (ALGORITHMS.md §2)::
+3. **Update**: one PPO-clip step, token-mean aggregation (docs/algorithms.md §2)::
 
        L = −Σ_{b,t} m_{b,t} · min(ρ_{b,t} Â_{b,t}, clip(ρ_{b,t}, 1−ε, 1+ε) Â_{b,t}) / Σ m
 
    ρ = π_θ/π_old with π_old the sampling-time policy. With one update per batch ρ ≡ 1 (its gradient
    is ∇log π_θ), but the clipped form is kept so more epochs would be correct. AdamW with linear
-   warmup and grad-norm clipping (FIELD_NOTES: lr ≤ 1e-5, clip 1.0).
+   warmup and grad-norm clipping (clip 1.0; learning rates measured on the embedded model: docs/toy.md).
 4. **Teacher weights**: every ``push_every`` steps the teacher's weights are refreshed through
    ``POST /v1/weights`` (``save_pretrained`` under the server's ``TC_WEIGHTS_ROOT``, then
    ``load_weights``); later calls pass ``min_weights_version``. Which weights depends on the method's
-   teacher (ALGORITHMS.md §1): the current policy (HSD, AntiSD, AMR-SD), an EMA (SDPO), a frozen copy
+   teacher (docs/algorithms.md §1): the current policy (HSD, AntiSD, AMR-SD), an EMA (SDPO), a frozen copy
    re-synced every 20 steps (RLSD), or the initial policy, never pushed (OPD, OPSD).
 
 Run it with ``python -m trainer.toy --method antisd --steps 60``; ``trainer/toy/compare.py`` runs
@@ -78,11 +78,11 @@ class Config:
     group_size: int = 8
     # Longest response in tokens; a response that reaches it without eos keeps its tokens.
     max_new_tokens: int = 48
-    # Sampling temperature (ALGORITHMS.md §3.2: the log-probs are taken at 1.0 too).
+    # Sampling temperature (docs/algorithms.md §3.2: the log-probs are taken at 1.0 too).
     temperature: float = 1.0
 
     # ---- Optimizer ----------------------------------------------------------------------------
-    # AdamW peak learning rate; FIELD_NOTES: 5e-5 or more collapses the tiny model.
+    # AdamW peak learning rate (docs/toy.md: 1e-5 barely moves the embedded model, 1e-3 collapses it).
     lr: float = 1e-5
     # Linear warmup from lr/warmup_steps to lr over this many steps, then constant.
     warmup_steps: int = 5
@@ -102,7 +102,7 @@ class Config:
     # Local path of the server's TC_WEIGHTS_ROOT (needed to push weights to a --teacher-url
     # server; set automatically when the loop starts the server). Empty: never push.
     weights_root: str = ""
-    # Method parameters sent as `params` (overrides of ALGORITHMS.md §1 defaults).
+    # Method parameters sent as `params` (overrides of docs/algorithms.md §1 defaults).
     method_params: dict[str, Any] = field(default_factory=dict)
     # Which weights the teacher uses: "auto" (TEACHER_WEIGHTS[method]), "none", "initial",
     # "ema", "resync" or "current".
@@ -138,7 +138,7 @@ class Config:
         if self.loss_agg not in ("auto", "token_mean", "seq_sum_const"):
             raise ValueError(f"unknown loss_agg {self.loss_agg!r}")
         if self.lr > 1e-5:
-            print(f"warning: lr={self.lr} > 1e-5 collapsed the tiny model in FIELD_NOTES")
+            print(f"warning: lr={self.lr} > 1e-5; 1e-3 collapsed the embedded model (docs/toy.md)")
         if self.push_every < 1 or self.resync_every < 1:
             raise ValueError("push_every and resync_every must be >= 1")
 
@@ -339,7 +339,7 @@ def ppo_loss(
     agg: str,
     max_new_tokens: int,
 ) -> torch.Tensor:
-    """−agg(min(ρÂ, clip(ρ, 1−ε, 1+ε)Â)) over response tokens (ALGORITHMS.md §2)."""
+    """−agg(min(ρÂ, clip(ρ, 1−ε, 1+ε)Â)) over response tokens (docs/algorithms.md §2)."""
     ratio_BT = torch.exp(lp_BT - old_lp_BT)
     surr_BT = torch.minimum(ratio_BT * adv_BT, ratio_BT.clamp(1 - clip_eps, 1 + clip_eps) * adv_BT)
     surr_BT = torch.where(mask_BT.bool(), surr_BT, torch.zeros_like(surr_BT))
