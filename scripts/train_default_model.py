@@ -5,7 +5,7 @@
 What it builds, top to bottom:
 
 1. A byte-level BPE tokenizer (``tokenizers``), digits split one per token, trained on the toy task
-   rendered in every prompt form of ``server/templates.py``; wrapped as ``PreTrainedTokenizerFast``
+   rendered in every prompt form of ``proto/prompts.py``; wrapped as ``PreTrainedTokenizerFast``
    with a ChatML chat template, ``<|im_end|>`` as eos and ``<|endoftext|>`` as pad.
 2. A ``Qwen3Config`` model small enough to commit (a few MB of safetensors).
 3. Supervised training (AdamW, warmup then cosine, loss on assistant tokens only) on a seeded,

@@ -27,16 +27,32 @@ if os.environ.get("TC_TEST_DEVICE", "cpu") != "cpu":
 TEACHER_METHODS = ["opsd", "sdpo", "rlsd", "hsd", "antisd", "amrsd"]
 
 
+def call(server, method: str, path: str, **kw) -> httpx.Response:
+    """One request to a real server (``server``) or to the app in process (``app_server``)."""
+    if hasattr(server, "request"):
+        return server.request(method, path, **kw)
+    return httpx.request(method, server.url + path, timeout=120, **kw)
+
+
 def post(server, body):
-    return httpx.post(server.url + "/v1/advantages", json=body, timeout=120)
+    return call(server, "POST", "/v1/advantages", json=body)
 
 
 def encode(server, text):
-    return httpx.post(server.url + "/v1/tokenize", json={"text": text}).json()["ids"]
+    return call(server, "POST", "/v1/tokenize", json={"text": text}).json()["ids"]
 
 
 @pytest.fixture(scope="module")
 def group(server):
+    return make_group(server)
+
+
+@pytest.fixture(scope="module")
+def app_group(app_server):
+    return make_group(app_server)
+
+
+def make_group(server):
     """One group: two correct rollouts, two wrong ones with feedback, one empty response."""
     texts = [
         SOLUTION,
@@ -162,7 +178,7 @@ def test_hsd_peers_are_other_successes_and_seeded(server, group):
     assert first[0] == 2 and first[2] == 0  # the only other success
 
 
-def test_bring_your_own_logprobs(server):
+def test_bring_your_own_logprobs(app_server):
     """T3 through HTTP: opsd returns u = t - s exactly; no model call needed."""
     s, t = [-1.0, -2.0, -0.5], [-0.5, -3.0, -0.5]
     rollout = {
@@ -171,11 +187,11 @@ def test_bring_your_own_logprobs(server):
         "student_logprobs": s,
         "teacher_logprobs": t,
     }
-    out = post(server, {"method": "opsd", "groups": [{"rollouts": [rollout]}]}).json()
+    out = post(app_server, {"method": "opsd", "groups": [{"rollouts": [rollout]}]}).json()
     np.testing.assert_allclose(
         out["groups"][0]["rollouts"][0]["advantages"], [0.5, -1.0, 0.0], atol=1e-6
     )
-    out = post(server, {"method": "opd", "groups": [{"rollouts": [rollout]}]}).json()
+    out = post(app_server, {"method": "opd", "groups": [{"rollouts": [rollout]}]}).json()
     np.testing.assert_allclose(
         out["groups"][0]["rollouts"][0]["advantages"], [0.666667, -0.833333, 0.166667], atol=1e-6
     )
@@ -204,14 +220,14 @@ def test_packed_response(server, group):
     )  # rewards [1,0,1,0,0]
 
 
-def test_empty_responses_give_empty_advantages(server):
+def test_empty_responses_give_empty_advantages(app_server):
     rollouts = [{"response_ids": [], "reward": r} for r in (1.0, 0.0)]
     for method in ("grpo", "opsd", "antisd"):
         body = {
             "method": method,
             "groups": [{"problem": PROBLEM, "reference_solution": SOLUTION, "rollouts": rollouts}],
         }
-        res = post(server, body)
+        res = post(app_server, body)
         assert res.status_code == 200, res.text
         assert [r["advantages"] for r in res.json()["groups"][0]["rollouts"]] == [[], []]
 
@@ -319,20 +335,20 @@ BAD = [
 
 
 @pytest.mark.parametrize("case", BAD, ids=[c[0] for c in BAD])
-def test_bad_requests_name_the_field(server, case):
+def test_bad_requests_name_the_field(app_server, case):
     _, body, field = case
-    res = post(server, body)
+    res = post(app_server, body)
     assert res.status_code == 422, res.text
     assert res.json()["error"]["field"] == field
 
 
-def test_response_over_max_model_len(server, group):
-    n = httpx.get(server.url + "/v1/model").json()["max_model_len"]
+def test_response_over_max_model_len(app_server, app_group):
+    n = call(app_server, "GET", "/v1/model").json()["max_model_len"]
     body = {
         "method": "opsd",
-        "groups": [{**group, "rollouts": [{"response_ids": [5] * n, "reward": 1.0}]}],
+        "groups": [{**app_group, "rollouts": [{"response_ids": [5] * n, "reward": 1.0}]}],
     }
-    res = post(server, body)
+    res = post(app_server, body)
     assert (
         res.status_code == 422
         and res.json()["error"]["field"] == "groups[0].rollouts[0].response_ids"
@@ -412,16 +428,16 @@ def test_group_dependent_mask_holds_whoever_scores_the_teacher(
     assert out["stats"]["masked_rollouts"] == 1
 
 
-def test_antisd_reports_the_entropy_statistic_its_gate_used(server):
+def test_antisd_reports_the_entropy_statistic_its_gate_used(app_server):
     """Four tokens with entropies 1, 2, 3, 4: the gate's median is 2.5 (torch.median says 2)."""
     rollout = caller_scored({"response_ids": [5, 6, 7, 8], "reward": 1.0}, [-1.0] * 4, [-1.0] * 4)
     rollout["teacher_entropy"] = [1.0, 2.0, 3.0, 4.0]
     body = {"method": "antisd", "groups": [{"rollouts": [rollout]}]}
-    out = post(server, body).json()
+    out = post(app_server, body).json()
     assert out["stats"]["teacher_entropy"] == 2.5
     assert out["state"]["warmup_history"] == [2.5]
     body["params"] = {"gate_stat": "mean"}
-    assert post(server, body).json()["stats"]["teacher_entropy"] == 2.5
+    assert post(app_server, body).json()["stats"]["teacher_entropy"] == 2.5
 
 
 def test_a_placeholder_inside_a_filled_value_is_left_alone(server):
@@ -450,21 +466,21 @@ def test_a_placeholder_inside_a_filled_value_is_left_alone(server):
         ("amrsd", "problem"),
     ],
 )
-def test_missing_context_field_names_the_method_sent(server, group, method, missing):
-    g = {k: v for k, v in group.items() if k != missing}
+def test_missing_context_field_names_the_method_sent(app_server, app_group, method, missing):
+    g = {k: v for k, v in app_group.items() if k != missing}
     if method == "antisd":  # no success, no peer: the dataset's solution is needed
-        g["rollouts"] = [dict(r, reward=0.0) for r in group["rollouts"]]
+        g["rollouts"] = [dict(r, reward=0.0) for r in app_group["rollouts"]]
     if method == "amrsd":
-        g["rollouts"] = [dict(r, reflection="Recheck.") for r in group["rollouts"]]
-    res = post(server, {"method": method, "groups": [g]})
+        g["rollouts"] = [dict(r, reflection="Recheck.") for r in app_group["rollouts"]]
+    res = post(app_server, {"method": method, "groups": [g]})
     assert res.status_code == 422, res.text
     error = res.json()["error"]
     assert error["field"] == f"groups[0].{missing}"
     assert f"method {method} " in error["message"]
 
 
-def test_opd_without_student_logprobs_is_a_422_that_says_why(server, group):
-    res = post(server, {"method": "opd", "groups": [group]})
+def test_opd_without_student_logprobs_is_a_422_that_says_why(app_server, app_group):
+    res = post(app_server, {"method": "opd", "groups": [app_group]})
     assert res.status_code == 422, res.text
     error = res.json()["error"]
     assert error["field"] == "groups[0].rollouts[0].student_logprobs"
@@ -494,8 +510,8 @@ def test_opd_scores_its_teacher_on_the_student_prompt(server, group):
 
 
 @pytest.mark.parametrize("method", ["grpo", "dr_grpo"])
-def test_rewards_only_details_have_no_logprobs(server, group, method):
-    out = post(server, {"method": method, "groups": [group], "return_details": True}).json()
+def test_rewards_only_details_have_no_logprobs(app_server, app_group, method):
+    out = post(app_server, {"method": method, "groups": [app_group], "return_details": True}).json()
     for result in out["groups"][0]["rollouts"]:
         assert result["details"]["student_logprobs"] is None
         assert result["details"]["teacher_logprobs"] is None
@@ -524,4 +540,4 @@ def test_opsd_problem_full_of_placeholders_is_a_fast_422(server):
     assert res.status_code == 422, res.text
     assert res.json()["error"]["field"] == "groups[0].problem"
     assert elapsed < 10.0  # was 16 s of a frozen server; now milliseconds
-    assert httpx.get(server.url + "/healthz", timeout=5).status_code == 200
+    assert httpx.get(server.url + "/healthz", timeout=5).status_code == 200  # still serving

@@ -322,8 +322,15 @@ def test_placeholders_are_bounded_and_caller_text_is_never_expanded(tokenizer):
 # ---- end to end ------------------------------------------------------------------------------------
 
 
+def call(server, method: str, path: str, **kw) -> httpx.Response:
+    """One request to a real server (``server``) or to the app in process (``app_server``)."""
+    if hasattr(server, "request"):
+        return server.request(method, path, **kw)
+    return httpx.request(method, server.url + path, timeout=kw.pop("timeout", 120), **kw)
+
+
 def post(server, body, timeout=300):
-    return httpx.post(server.url + "/v1/hints", json=body, timeout=timeout)
+    return call(server, "POST", "/v1/hints", json=body, timeout=timeout)
 
 
 def request_body(seed=0, **extra):
@@ -434,17 +441,17 @@ def test_template_override_is_used(server):
         ),
     ],
 )
-def test_bad_requests_are_422_naming_the_field(server, patch, field):
-    res = post(server, {**request_body(), **patch})
+def test_bad_requests_are_422_naming_the_field(app_server, patch, field):
+    res = post(app_server, {**request_body(), **patch})
     assert res.status_code == 422, res.text
     assert res.json()["error"]["field"] == field
 
 
-def test_max_tokens_over_model_len(server):
-    max_model_len = httpx.get(server.url + "/v1/model").json()["max_model_len"]
+def test_max_tokens_over_model_len(app_server):
+    max_model_len = call(app_server, "GET", "/v1/model").json()["max_model_len"]
     if max_model_len > 4096:
         pytest.skip("max_tokens is capped at 4096 by the wire model")
-    res = post(server, request_body(max_tokens=max_model_len))
+    res = post(app_server, request_body(max_tokens=max_model_len))
     assert res.status_code == 422 and res.json()["error"]["field"] == "max_tokens"
 
 
@@ -463,8 +470,8 @@ def test_placeholder_amplification_is_a_fast_422(server):
     assert httpx.get(server.url + "/healthz", timeout=5).status_code == 200
 
 
-def test_stale_weights_is_409(server):
-    res = post(server, request_body(min_weights_version=10**6))
+def test_stale_weights_is_409(app_server):
+    res = post(app_server, request_body(min_weights_version=10**6))
     assert res.status_code == 409 and res.json()["error"]["field"] == "min_weights_version"
 
 

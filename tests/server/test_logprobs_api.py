@@ -52,8 +52,15 @@ def tolerance(server) -> float:
     return 1e-5 if server.backend == "hf" else 1e-4
 
 
+def call(server, method: str, path: str, **kw) -> httpx.Response:
+    """One request to a real server (``server``) or to the app in process (``app_server``)."""
+    if hasattr(server, "request"):
+        return server.request(method, path, **kw)
+    return httpx.request(method, server.url + path, timeout=kw.pop("timeout", 120), **kw)
+
+
 def post(server, path, body, **kw):
-    return httpx.post(server.url + path, json=body, timeout=120, **kw)
+    return call(server, "POST", path, json=body, **kw)
 
 
 def test_health_ready_model(server):
@@ -166,9 +173,9 @@ def test_request_id_echoed_and_generated(server):
     assert len(httpx.get(server.url + "/healthz").headers["x-request-id"]) >= 16
 
 
-def test_min_weights_version_conflict(server):
+def test_min_weights_version_conflict(app_server):
     body = {"sequences": [{"context_ids": [1], "target_ids": [2]}], "min_weights_version": 10**6}
-    res = post(server, "/v1/logprobs", body)
+    res = post(app_server, "/v1/logprobs", body)
     assert res.status_code == 409
     assert res.json()["error"]["field"] == "min_weights_version"
 
@@ -302,17 +309,17 @@ BAD_INPUTS = [
 
 
 @pytest.mark.parametrize("case", BAD_INPUTS, ids=[c[0] for c in BAD_INPUTS])
-def test_bad_inputs_name_the_field(server, case):
+def test_bad_inputs_name_the_field(app_server, case):
     _, body, status, field = case
-    res = post(server, "/v1/logprobs", body)
+    res = post(app_server, "/v1/logprobs", body)
     assert res.status_code == status, res.text
     error = res.json()["error"]
     assert error["field"] == field, error
     assert error["message"] and error["type"]
 
 
-def test_over_max_model_len(server):
-    info = httpx.get(server.url + "/v1/model").json()
+def test_over_max_model_len(app_server):
+    info = call(app_server, "GET", "/v1/model").json()
     n = info["max_model_len"]
     body = {
         "sequences": [
@@ -320,7 +327,7 @@ def test_over_max_model_len(server):
             {"context_ids": [1] * n, "target_ids": [2]},
         ]
     }
-    res = post(server, "/v1/logprobs", body)
+    res = post(app_server, "/v1/logprobs", body)
     assert res.status_code == 422 and res.json()["error"]["field"] == "sequences[1]"
 
 
