@@ -4,7 +4,7 @@
 
 const api = (() => {
   const KEY_STORAGE = "tokencredit.apiKey";
-  // The server's student prompt (server/templates.py STUDENT); /v1/advantages builds the same
+  // The server's student prompt (proto/prompts.py STUDENT); /v1/advantages builds the same
   // prompt from `problem` when a group has no prompt_ids, so sampled rollouts match what is scored.
   const STUDENT_INSTRUCTION =
     "Please reason step by step, and put your final answer within \\boxed{}.";

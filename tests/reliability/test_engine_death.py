@@ -18,7 +18,7 @@ import httpx
 import psutil
 import pytest
 
-from server.launcher import ServerProcess
+from client.launcher import ServerProcess
 
 needs_vllm = pytest.mark.skipif(
     importlib.util.find_spec("vllm") is None and os.environ.get("CI") != "true",

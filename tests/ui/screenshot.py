@@ -21,7 +21,7 @@ from selenium.webdriver.common.action_chains import ActionChains
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import conftest  # the tests' browser and page helpers (tests/ui is no package)
 
-from server.launcher import ServerProcess
+from client.launcher import ServerProcess
 from server.settings import DEFAULT_MODEL_DIR
 
 REPO = Path(__file__).resolve().parents[2]
