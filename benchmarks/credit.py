@@ -74,6 +74,19 @@ def make_groups(
     return groups
 
 
+def with_student_logprobs(groups: list[dict]) -> list[dict]:
+    """The groups with a (constant) policy log-prob per response token, as a trainer sends."""
+    return [
+        {
+            **g,
+            "rollouts": [
+                {**r, "student_logprobs": [-1.0] * len(r["response_ids"])} for r in g["rollouts"]
+            ],
+        }
+        for g in groups
+    ]
+
+
 def round_trip(model: str, repeats: int) -> list[tuple]:
     rows = []
     env = {"TC_MODEL": model, "TC_DEVICE": "cpu", "TC_LOG_LEVEL": "warning"}
@@ -81,6 +94,8 @@ def round_trip(model: str, repeats: int) -> list[tuple]:
         groups = make_groups(server.url, 8, 8, 128, seed=0)
         for method in METHODS:
             body = {"method": method, "groups": groups, "encoding": "base64", "seed": 1}
+            if method == "opd":  # the served model is opd's teacher: the student is the caller's
+                body["groups"] = with_student_logprobs(groups)
             client.post(server.url + "/v1/advantages", json=body).raise_for_status()  # warm-up
             totals, scores, maths = [], [], []
             for _ in range(repeats):

@@ -155,7 +155,23 @@ def workload(vocab: int, seed: int = 0) -> list[Request]:
             "logprobs long, packed", lp, {"sequences": seqs(1, 200, 100), "encoding": "base64"}
         ),
         Request("logprobs shared prefix", lp, {"sequences": seqs(16, 48, 16, shared=True)}),
-        Request("advantages opd", adv, {"method": "opd", "groups": groups(2, 4)}),
+        Request(
+            "advantages opd",
+            adv,
+            {
+                "method": "opd",
+                "groups": [
+                    {
+                        **g,
+                        "rollouts": [
+                            {**r, "student_logprobs": [-1.0] * len(r["response_ids"])}
+                            for r in g["rollouts"]
+                        ],
+                    }
+                    for g in groups(2, 4)
+                ],
+            },
+        ),
         Request("advantages hsd", adv, {"method": "hsd", "groups": groups(2, 4), "seed": 3}),
         Request("advantages antisd", adv, {"method": "antisd", "groups": groups(1, 8)}),
         Request("advantages grpo", adv, {"method": "grpo", "groups": groups(4, 8)}),
