@@ -40,8 +40,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from tables import print_table
 
+from client.launcher import ServerProcess, free_port
 from proto import decode_packed
-from server.launcher import ServerProcess, free_port
 from server.settings import DEFAULT_MODEL_DIR
 
 # Requests whose vLLM answers tests/protocols/test_vllm_compat.py compares against (--record).
