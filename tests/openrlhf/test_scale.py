@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from client import TeacherClient
-from server.launcher import ServerProcess, free_port
+from client.launcher import ServerProcess, free_port
 from tests.openrlhf.test_advantages import N_SAMPLES, left_padded_experience, rollouts
 from trainer.openrlhf.config import PluginConfig
 from trainer.openrlhf.experiences import build_batch
