@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from client import TeacherClient
-from server.launcher import ServerProcess
+from client.launcher import ServerProcess
 from trainer.toy import loop as toy
 from trainer.toy.arith import generate_problems
 

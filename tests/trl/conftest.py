@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from server.launcher import ServerProcess
+from client.launcher import ServerProcess
 from server.settings import DEFAULT_MODEL_DIR
 
 

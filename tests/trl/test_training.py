@@ -124,7 +124,7 @@ def test_antisd_state_round_trips_through_a_checkpoint(tiny_config, make_trainer
 
 @pytest.mark.parametrize("failure", ["bad_param", "unreachable"])
 def test_a_server_error_fails_the_step(failure, tiny_config, make_trainer):
-    from server.launcher import free_port
+    from client.launcher import free_port
 
     if failure == "bad_param":
         cfg = tiny_config("hsd", credit_params={"no_such_param": 1})
