@@ -1,0 +1,33 @@
+"""A trainer that pushes to one replica and stops after the first bucket: the test then SIGKILLs
+it (``kill``) or lets the replica's receive time out (``stall``). Prints STALLED when stopped.
+
+    python tests/weights_push/push_then_stall.py URL ADMIN_KEY API_KEY VERSION TIMEOUT
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import torch
+from transformers import AutoModelForCausalLM
+
+from client import TeacherClient
+from server.settings import DEFAULT_MODEL_DIR
+
+url, admin_key, api_key, version, timeout = sys.argv[1:6]
+model = AutoModelForCausalLM.from_pretrained(str(DEFAULT_MODEL_DIR), dtype=torch.float32)
+with torch.no_grad():
+    for p in model.parameters():
+        p.mul_(0.5)
+
+
+def stall(sent: int, total: int) -> None:
+    print(f"STALLED {sent} of {total}", flush=True)
+    time.sleep(600)
+
+
+with TeacherClient(url, api_key=api_key, admin_key=admin_key) as tc:
+    tc.push_weights(
+        model, int(version), bucket_bytes=1024 * 1024, progress=stall, timeout=float(timeout)
+    )
