@@ -9,17 +9,14 @@ from __future__ import annotations
 import sys
 import time
 
-import torch
-from transformers import AutoModelForCausalLM
+from safetensors.torch import load_file
 
 from client import TeacherClient
 from server.settings import DEFAULT_MODEL_DIR
 
 url, admin_key, api_key, version, timeout = sys.argv[1:6]
-model = AutoModelForCausalLM.from_pretrained(str(DEFAULT_MODEL_DIR), dtype=torch.float32)
-with torch.no_grad():
-    for p in model.parameters():
-        p.mul_(0.5)
+# The embedded model's tensors, halved (safetensors alone: importing transformers is slow).
+state = {name: t * 0.5 for name, t in load_file(str(DEFAULT_MODEL_DIR / "model.safetensors")).items()}
 
 
 def stall(sent: int, total: int) -> None:
@@ -29,5 +26,5 @@ def stall(sent: int, total: int) -> None:
 
 with TeacherClient(url, api_key=api_key, admin_key=admin_key) as tc:
     tc.push_weights(
-        model, int(version), bucket_bytes=1024 * 1024, progress=stall, timeout=float(timeout)
+        state, int(version), bucket_bytes=1024 * 1024, progress=stall, timeout=float(timeout)
     )
