@@ -228,10 +228,7 @@ class LocalPushTarget:
         return await asyncio.to_thread(PushGroup.join, init)
 
     async def receive(self, group: PushGroup, req: WeightsPushRequest) -> object:
-        device = self.engine.device
-        if group.init.backend == "gloo" and device != "cpu":
-            raise PushError(f"backend gloo carries CPU tensors; this replica serves on {device}")
-        return await asyncio.to_thread(receive_tensors, group, req, device)
+        return await asyncio.to_thread(receive_tensors, group, req, self.engine.device)
 
     async def install(self, prepared: object) -> None:
         await self.engine.install_tensors(prepared)
@@ -265,6 +262,14 @@ class WeightsReceiver:
         self._lock = asyncio.Lock()
 
     async def join(self, engine, init: WeightsTransferInit, gate: WeightsGate):
+        device = engine.info.device
+        if (init.backend == "gloo") != (device == "cpu"):
+            raise ServiceError(
+                422,
+                f"backend {init.backend} cannot carry tensors to a replica serving on {device}: "
+                "use gloo for CPU replicas and nccl for GPU replicas",
+                field="backend",
+            )
         async with self._lock:
             await self._reset("a new group is joining")
             target = push_target(engine)

@@ -16,7 +16,9 @@ from server.settings import DEFAULT_MODEL_DIR
 
 url, admin_key, api_key, version, timeout = sys.argv[1:6]
 # The embedded model's tensors, halved (safetensors alone: importing transformers is slow).
-state = {name: t * 0.5 for name, t in load_file(str(DEFAULT_MODEL_DIR / "model.safetensors")).items()}
+state = {
+    name: t * 0.5 for name, t in load_file(str(DEFAULT_MODEL_DIR / "model.safetensors")).items()
+}
 
 
 def stall(sent: int, total: int) -> None:

@@ -261,3 +261,31 @@ def test_a_restarted_replica_rejoins_at_the_next_push(tmp_path, weights_root, mo
             assert scores(tc, proc.url)[0] == 6
     finally:
         proc.stop()
+
+
+def test_nccl_to_a_cpu_replica_is_refused_at_join(replicas, model):
+    url = replicas[0].url
+    before = version_of(url)
+    with client(url) as tc, pytest.raises(UnprocessableEntityError) as err:
+        tc.push_weights(perturbed(model, seed=14), before + 1, backend="nccl", timeout=10)
+    assert err.value.field == "backend"
+    assert version_of(url) == before
+
+
+def test_the_async_client_pushes_too(replicas, model):
+    import asyncio
+
+    from client import AsyncTeacherClient
+
+    urls = [r.url for r in replicas]
+    version = max(version_of(u) for u in urls) + 1
+
+    async def run():
+        async with AsyncTeacherClient(urls, api_key=API_KEY, admin_key=ADMIN_KEY) as tc:
+            res = await tc.push_weights(perturbed(model, seed=15), version)
+            scored = await tc.logprobs(SEQS, min_weights_version=version)
+            return res, scored
+
+    res, scored = asyncio.run(run())
+    assert res.weights_version == version and scored.weights_version == version
+    assert [version_of(u) for u in urls] == [version, version]

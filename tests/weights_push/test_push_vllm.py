@@ -21,7 +21,8 @@ pytestmark = pytest.mark.vllm
 def vllm_replica(tmp_path_factory, weights_root):
     pytest.importorskip("vllm")
     log = tmp_path_factory.mktemp("push-vllm") / "replica.log"
-    proc = ServerProcess(env=replica_env(weights_root, backend="vllm"), log_path=log)
+    env = replica_env(weights_root, backend="vllm")
+    proc = ServerProcess(env=env, log_path=log, ready_timeout=900)  # vLLM starts slowly on CPU
     with proc:
         yield proc
 
