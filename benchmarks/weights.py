@@ -143,10 +143,13 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="updates per path (median)")
     parser.add_argument("--skip-large", action="store_true", help="skip the random 0.5B model")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per process")
+    parser.add_argument("--skip-embedded", action="store_true", help="only the random 0.5B model")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    rows = bench("embedded", str(DEFAULT_MODEL_DIR), args.replicas, args.repeats, args.threads)
+    rows = []
+    if not args.skip_embedded:
+        rows += bench("embedded", str(DEFAULT_MODEL_DIR), args.replicas, args.repeats, args.threads)
     if not args.skip_large:
         with tempfile.TemporaryDirectory(prefix="tc-bench-qwen3-") as tmp:
             build_random_qwen3(Path(tmp), "0.5b", torch.float32, max_len=4096)
