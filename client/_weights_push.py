@@ -20,7 +20,6 @@ joins again. docs/weights.md has the protocol and the numbers.
 from __future__ import annotations
 
 import concurrent.futures as cf
-import contextlib
 import datetime
 import socket
 import time
@@ -176,14 +175,16 @@ class WeightsPusher:
     def close(self) -> None:
         """Close every group and the store (the replicas reset their end at their next push)."""
         for link in self._links.values():
-            _abort(link.pg)
+            link.pg = None
         self._links.clear()
         self._store = None
 
     def drop(self, url: str) -> None:
         link = self._links.pop(url, None)
         if link is not None:
-            _abort(link.pg)
+            # Destroying the group closes its sockets, so the replica's pending receive fails at
+            # once (``abort()`` would leave it waiting for its timeout); nothing else may hold it.
+            link.pg = None
 
     # ---- push ---------------------------------------------------------------------------------
 
@@ -239,48 +240,63 @@ class WeightsPusher:
         req: WeightsPushRequest,
         progress: bool | ProgressFn | None,
     ) -> WeightsPushResponse:
+        pool = cf.ThreadPoolExecutor(len(links))
+        try:
+            return self._push_in(pool, links, tensors, req, progress)
+        except BaseException:
+            # Free any replica still waiting for buckets before waiting for its answer.
+            self._drop_all(links)
+            raise
+        finally:
+            pool.shutdown(wait=True)
+
+    def _push_in(
+        self,
+        pool: cf.ThreadPoolExecutor,
+        links: list[_Link],
+        tensors: dict[str, Any],
+        req: WeightsPushRequest,
+        progress: bool | ProgressFn | None,
+    ) -> WeightsPushResponse:
         import torch.distributed as dist
 
         nbytes = req.nbytes()
         total = sum(nbytes)
-        with cf.ThreadPoolExecutor(len(links)) as pool:
-            answers = []
-            for link in links:
-                body = req.model_copy(update={"group_name": link.group_name}).model_dump()
-                http_timeout = self.timeout * (
-                    2 + len(plan_buckets(nbytes, req.packed_buffer_size_bytes))
-                )
-                answers.append(
-                    pool.submit(
-                        self.post, link.url, "/v1/weights/transfer/update", body, http_timeout
-                    )
-                )
-            for link, answer in zip(links, answers):
-                store = dist.PrefixStore(link.group_name, self._ensure_store())
-                key = f"ready/{req.push_id}/1"
-                self._wait(store, key, answer, f"{link.url} checking the push")
-                verdict = store.get(key).decode()
-                if verdict != "ok":
-                    if answer.exception(timeout=self.timeout) is not None:
-                        answer.result()  # the replica's own error (409 stale, 422 mismatch ...)
-                    raise WeightsPushError(f"{link.url} refused the push: {verdict}")
-            bar = _progress_bar(progress, total)
-            sent = 0
-            try:
-                values = list(tensors.values())
-                for start, end in plan_buckets(nbytes, req.packed_buffer_size_bytes):
-                    buf = _pack(values[start:end])
-                    works = [link.pg.broadcast(buf, 0) for link in links]
-                    for work in works:
-                        work.wait()
-                    sent += int(buf.numel())
-                    bar(sent, total)
-            finally:
-                bar(-1, total)
-            results = [
-                WeightsPushResponse.model_validate(a.result(timeout=self.timeout * 4))
-                for a in answers
-            ]
+        # Announce to every replica at once; each checks, then waits for the buckets.
+        answers = []
+        for link in links:
+            body = req.model_copy(update={"group_name": link.group_name}).model_dump()
+            http_timeout = self.timeout * (
+                2 + len(plan_buckets(nbytes, req.packed_buffer_size_bytes))
+            )
+            answers.append(
+                pool.submit(self.post, link.url, "/v1/weights/transfer/update", body, http_timeout)
+            )
+        for link, answer in zip(links, answers):
+            store = dist.PrefixStore(link.group_name, self._ensure_store())
+            key = f"ready/{req.push_id}/1"
+            self._wait(store, key, answer, f"{link.url} checking the push")
+            verdict = store.get(key).decode()
+            if verdict != "ok":
+                if answer.exception(timeout=self.timeout) is not None:
+                    answer.result()  # the replica's own error (409 stale, 422 mismatch ...)
+                raise WeightsPushError(f"{link.url} refused the push: {verdict}")
+        bar = _progress_bar(progress, total)
+        sent = 0
+        try:
+            values = list(tensors.values())
+            for start, end in plan_buckets(nbytes, req.packed_buffer_size_bytes):
+                buf = _pack(values[start:end])
+                works = [link.pg.broadcast(buf, 0) for link in links]
+                for work in works:
+                    work.wait()
+                sent += int(buf.numel())
+                bar(sent, total)
+        finally:
+            bar(-1, total)
+        results = [
+            WeightsPushResponse.model_validate(a.result(timeout=self.timeout * 4)) for a in answers
+        ]
         for link, res in zip(links, results):
             link.info = link.info.model_copy(update={"weights_version": res.weights_version})
         return WeightsPushResponse(
@@ -342,12 +358,6 @@ def _process_group(store: Any, rank: int, size: int, backend: str, timeout: floa
     opts = dist.ProcessGroupNCCL.Options()
     opts._timeout = td
     return dist.ProcessGroupNCCL(store, rank, size, opts)
-
-
-def _abort(pg: Any) -> None:
-    if hasattr(pg, "abort"):
-        with contextlib.suppress(Exception):
-            pg.abort()
 
 
 def _progress_bar(progress: bool | ProgressFn | None, total: int) -> ProgressFn:

@@ -289,3 +289,20 @@ def test_the_async_client_pushes_too(replicas, model):
     res, scored = asyncio.run(run())
     assert res.weights_version == version and scored.weights_version == version
     assert [version_of(u) for u in urls] == [version, version]
+
+
+def test_when_one_replica_refuses_none_moves_on_and_none_waits_for_its_timeout(replicas, model):
+    """Replica 0 is ahead, so it refuses version v (409) while replica 1 accepts it and waits
+    for buckets: the trainer closes every group, replica 1's receive fails at once, and both
+    keep what they had. Without that, replica 1 would wait out the 60 s timeout."""
+    urls = [r.url for r in replicas]
+    v = max(version_of(u) for u in urls) + 1
+    with client(urls[0]) as tc:
+        tc.push_weights(perturbed(model, seed=16), v + 5)
+    before = scores(None, urls[1])
+    started = time.monotonic()
+    with client(urls) as tc, pytest.raises(ConflictError):
+        tc.push_weights(perturbed(model, seed=17), before[0] + 1, timeout=60)
+    assert time.monotonic() - started < 45
+    assert version_of(urls[0]) == v + 5
+    assert _same(scores(None, urls[1]), before)
