@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from client._errors import APIStatusError
+from client._errors import APIStatusError, WeightsPushError
 from proto.weights_push import (
     DEFAULT_BUCKET_BYTES,
     WeightsPushRequest,
@@ -47,11 +47,6 @@ _POLL_SECONDS = 0.01
 # post(url, path, body, timeout_seconds) -> decoded JSON of a 2xx answer (or a client error raised)
 PostFn = Callable[[str, str, dict, float], Any]
 ProgressFn = Callable[[int, int], None]
-
-
-class WeightsPushError(RuntimeError):
-    """A push did not complete on every replica; the replicas kept (or went back to) their old
-    weights unless the message says otherwise."""
 
 
 @dataclass
