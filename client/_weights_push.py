@@ -280,12 +280,15 @@ class WeightsPusher:
         sent = 0
         try:
             values = list(tensors.values())
+            in_flight: tuple[list, Any] | None = None  # (works, buffer) of the previous bucket
             for start, end in plan_buckets(nbytes, req.packed_buffer_size_bytes):
-                buf = _pack(values[start:end])
-                works = [link.pg.broadcast(buf, 0) for link in links]
-                for work in works:
-                    work.wait()
-                sent += int(buf.numel())
+                buf = _pack(values[start:end])  # packs while the previous bucket is on the wire
+                if in_flight is not None:
+                    sent += _finish(*in_flight)
+                    bar(sent, total)
+                in_flight = ([link.pg.broadcast(buf, 0) for link in links], buf)
+            if in_flight is not None:
+                sent += _finish(*in_flight)
                 bar(sent, total)
         finally:
             bar(-1, total)
@@ -331,6 +334,12 @@ def _select(
             t = t.to(getattr(torch, expected[name].dtype))
         out[name] = t.contiguous()
     return out
+
+
+def _finish(works: list, buf: Any) -> int:
+    for work in works:
+        work.wait()
+    return int(buf.numel())
 
 
 def _pack(tensors: list[Any]) -> Any:

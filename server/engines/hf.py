@@ -168,16 +168,17 @@ class HFEngine:
         return specs
 
     async def install_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
-        """Copy pushed tensors (checked against ``tensor_specs``) into the serving model, in place.
-        Called with no request in flight (the weights gate drains)."""
-        await asyncio.to_thread(self._install_tensors_sync, tensors)
+        """Make pushed tensors (checked against ``tensor_specs``) the serving weights. Called with
+        no request in flight (the weights gate drains).
 
-    @torch.no_grad()
-    def _install_tensors_sync(self, tensors: dict[str, torch.Tensor]) -> None:
+        No copy: each parameter's storage is pointed at the received tensor (``param.data = t``),
+        so the swap is instant and the old storage is freed. A tied LM head is the same
+        ``Parameter`` object as the input embedding, so it follows."""
+        tensors = {n: t.to(self.device) for n, t in tensors.items()}
         with self._lock:
-            state = self._model.state_dict()
+            owners = dict(self._model.named_parameters()) | dict(self._model.named_buffers())
             for name, tensor in tensors.items():
-                state[name].copy_(tensor)
+                owners[name].data = tensor
 
     async def warmup(self) -> None:
         ids = tuple(self.tokenizer.encode("1+1=2")) or (0,)
