@@ -135,6 +135,69 @@ def bench(label: str, model_dir: str, n_replicas: int, repeats: int, threads: in
                 proc.stop()
 
 
+# ---- what bounds each path: bytes per second between two processes on this machine ---------
+
+LINK_BYTES = 512 * 2**20
+
+
+def _gloo_end(rank: int, port: int, out) -> None:
+    import datetime
+
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    timeout = datetime.timedelta(seconds=300)
+    store = dist.TCPStore("127.0.0.1", port, is_master=rank == 0, timeout=timeout)
+    pg = dist.ProcessGroupGloo(store, rank, 2, timeout)
+    buf = (
+        torch.ones(LINK_BYTES, dtype=torch.uint8)
+        if rank == 0
+        else torch.empty(LINK_BYTES, dtype=torch.uint8)
+    )
+    pg.barrier().wait()
+    started = time.perf_counter()
+    pg.broadcast(buf, 0).wait()
+    if rank == 1:
+        out.put(time.perf_counter() - started)
+
+
+def gloo_seconds() -> float:
+    import multiprocessing as mp
+
+    from server.launcher import free_port
+
+    ctx = mp.get_context("spawn")
+    out, port = ctx.Queue(), free_port()
+    procs = [ctx.Process(target=_gloo_end, args=(r, port, out)) for r in (0, 1)]
+    for p in procs:
+        p.start()
+    seconds = out.get(timeout=600)
+    for p in procs:
+        p.join()
+    return seconds
+
+
+def page_cache_seconds(folder: Path) -> float:
+    """Write then read back LINK_BYTES through a file (what save_pretrained + a load touch)."""
+    import numpy as np
+
+    data = np.ones(LINK_BYTES, np.uint8)
+    started = time.perf_counter()
+    data.tofile(folder / "link.bin")
+    back = np.fromfile(folder / "link.bin", np.uint8)
+    assert back.nbytes == LINK_BYTES
+    return (time.perf_counter() - started) / 2
+
+
+def link_rows() -> list[tuple]:
+    with tempfile.TemporaryDirectory(prefix="tc-bench-link-") as tmp:
+        rows = [
+            ("gloo broadcast, 2 processes, loopback", gloo_seconds()),
+            ("file write / read (page cache), per direction", page_cache_seconds(Path(tmp))),
+        ]
+    return [(name, f"{LINK_BYTES / 2**20 / s:,.0f}") for name, s in rows]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -144,9 +207,17 @@ def main() -> None:
     parser.add_argument("--skip-large", action="store_true", help="skip the random 0.5B model")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per process")
     parser.add_argument("--skip-embedded", action="store_true", help="only the random 0.5B model")
+    parser.add_argument("--links-only", action="store_true", help="only the link table")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
+    print_table(
+        f"What bounds each path: MiB/s moving {LINK_BYTES >> 20} MiB on this machine",
+        ("link", "MiB/s"),
+        link_rows(),
+    )
+    if args.links_only:
+        return
     rows = []
     if not args.skip_embedded:
         rows += bench("embedded", str(DEFAULT_MODEL_DIR), args.replicas, args.repeats, args.threads)
