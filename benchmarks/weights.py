@@ -38,7 +38,7 @@ from gpu_scoring import build_random_qwen3  # Qwen3-0.6B shape, random weights
 from tables import print_table
 
 from client import TeacherClient
-from server.launcher import ServerProcess
+from client.launcher import ServerProcess
 from server.settings import DEFAULT_MODEL_DIR
 
 ADMIN_KEY = "bench-admin"
@@ -164,7 +164,7 @@ def _gloo_end(rank: int, port: int, out) -> None:
 def gloo_seconds() -> float:
     import multiprocessing as mp
 
-    from server.launcher import free_port
+    from client.launcher import free_port
 
     ctx = mp.get_context("spawn")
     out, port = ctx.Queue(), free_port()

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from server.launcher import ServerProcess
+from client.launcher import ServerProcess
 from server.settings import DEFAULT_MODEL_DIR
 
 API_KEY, ADMIN_KEY = "push-api-key", "push-admin-key"

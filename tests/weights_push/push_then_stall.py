@@ -12,7 +12,9 @@ import time
 from safetensors.torch import load_file
 
 from client import TeacherClient
-from server.settings import DEFAULT_MODEL_DIR
+from client.launcher import REPO_ROOT
+
+DEFAULT_MODEL_DIR = REPO_ROOT / "server" / "default_model"  # a trainer imports nothing of server
 
 url, admin_key, api_key, version, timeout = sys.argv[1:6]
 # The embedded model's tensors, halved (safetensors alone: importing transformers is slow).

@@ -24,7 +24,7 @@ from client import (
     TeacherClient,
     UnprocessableEntityError,
 )
-from server.launcher import REPO_ROOT, ServerProcess
+from client.launcher import REPO_ROOT, ServerProcess
 
 from .conftest import ADMIN_KEY, API_KEY, perturbed, replica_env
 

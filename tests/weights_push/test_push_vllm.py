@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from client import UnprocessableEntityError
-from server.launcher import ServerProcess
+from client.launcher import ServerProcess
 
 from .conftest import perturbed, replica_env
 from .test_push_hf import SEQS, client, scores
