@@ -42,6 +42,7 @@ from client._errors import (
     TokenCreditError,
     TransportError,
     UnprocessableEntityError,
+    WeightsPushError,
     WriteError,
     WriteTimeout,
 )
@@ -95,6 +96,7 @@ __all__ = [
     "TransportError",
     "UnprocessableEntityError",
     "UseClientDefault",
+    "WeightsPushError",
     "WriteError",
     "WriteTimeout",
     "retry_within",

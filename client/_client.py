@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures as cf
 import os
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -54,6 +55,7 @@ from client._types import (
     to_torch,
     token_scores,
 )
+from client._weights_push import WeightsPusher
 from proto import (
     METHODS,
     AdvantageStats,
@@ -70,6 +72,7 @@ from proto import (
     WeightsRequest,
     WeightsResponse,
 )
+from proto.weights_push import DEFAULT_BUCKET_BYTES, WeightsPushResponse
 
 __all__ = ["SPLITTABLE_METHODS", "AsyncTeacherClient", "TeacherClient"]
 
@@ -392,6 +395,24 @@ class _Api:
             admin=True,
         )
 
+    @staticmethod
+    def _transfer_call(path: str, body: dict, url: str) -> _Call:
+        """One admin POST of the weights push (client/_weights_push.py) to one replica."""
+        return _Call(
+            "POST",
+            path,
+            [body],
+            lambda p: p[0],
+            replicas=[url],
+            idempotent=False,
+            admin=True,
+            retries=0,
+        )
+
+    def _pusher_kw(self, kw: dict[str, Any]) -> dict[str, Any]:
+        """Pusher settings of a push_weights call; None entries keep the pusher's defaults."""
+        return {k: v for k, v in kw.items() if v is not None}
+
 
 # ---- sync ---------------------------------------------------------------------------------
 
@@ -428,6 +449,8 @@ class TeacherClient(_Api):
         self._transport = HTTPTransport(
             self.base_urls, http_transport=http_transport, **self._transport_kw
         )
+        self._pusher: WeightsPusher | None = None
+        self._pusher_lock = threading.Lock()
 
     # ---- plumbing -----------------------------------------------------------------------------
 
@@ -472,7 +495,9 @@ class TeacherClient(_Api):
         return self._combine(call, payloads, rid)
 
     def close(self) -> None:
-        """Close every replica's connection pool."""
+        """Close every replica's connection pool (and the weight-transfer groups, if any)."""
+        if self._pusher is not None:
+            self._pusher.close()
         self._transport.close()
 
     def __enter__(self) -> TeacherClient:
@@ -652,6 +677,67 @@ class TeacherClient(_Api):
         """
         return self._run(self._weights_call(path, version), timeout, request_id)
 
+    def push_weights(
+        self,
+        model_or_state_dict: Any,
+        version: int | None = None,
+        *,
+        bucket_bytes: int = DEFAULT_BUCKET_BYTES,
+        cast: bool = True,
+        progress: bool | Callable[[int, int], None] | None = None,
+        backend: str | None = None,
+        master_address: str | None = None,
+        master_port: int | None = None,
+        timeout: float | None = None,
+    ) -> WeightsPushResponse:
+        """Broadcast weights to every replica over ``torch.distributed`` and swap them in.
+
+        The fast path of `load_weights` (no checkpoint on shared storage): the first call makes
+        each replica join a group with this process (this process hosts the rendezvous at
+        ``master_address:master_port``); later calls reuse the groups, and a replica that
+        restarted joins again. Each replica checks names, shapes and dtypes before anything is
+        sent, receives beside its serving weights, then swaps under its weights gate: a response
+        never mixes versions, and a push that fails leaves the old weights serving (every group
+        is then closed and the next push joins afresh). Needs an admin key.
+
+        Args:
+            model_or_state_dict: a ``torch.nn.Module`` (its ``state_dict()``) or a mapping of
+                name -> tensor, in the serving model's (Hugging Face) names.
+            version: the new ``weights_version`` (must increase); default: highest current + 1.
+            bucket_bytes: bytes per packed broadcast (``proto.plan_buckets``).
+            cast: send floating tensors in each replica's serving dtype.
+            progress: a tqdm bar (True), none (False), a bar for pushes of 256 MiB or more
+                (None), or a callable ``(sent_bytes, total_bytes)`` run after every bucket.
+            backend: ``"gloo"`` (CPU tensors, the default) or ``"nccl"`` (CUDA tensors).
+            master_address: address the replicas connect back to; default: this host's address
+                on the route to the first replica.
+            master_port: the rendezvous port; default: a free one.
+            timeout: seconds bounding the rendezvous and each broadcast (default 60).
+
+        The pusher settings (backend, address, port, timeout) are fixed by the first call;
+        `close` ends the groups.
+        """
+        pusher = self._weights_pusher(
+            backend=backend,
+            master_address=master_address,
+            master_port=master_port,
+            timeout=timeout,
+        )
+        return pusher.push(
+            model_or_state_dict, version, bucket_bytes=bucket_bytes, cast=cast, progress=progress
+        )
+
+    def _weights_pusher(self, **kw: Any) -> WeightsPusher:
+        with self._pusher_lock:
+            if self._pusher is None:
+
+                def post(url: str, path: str, body: dict, seconds: float) -> Any:
+                    call = self._transfer_call(path, body, url)
+                    return self._run(call, Timeout(seconds, connect=5.0), None)
+
+                self._pusher = WeightsPusher(self.base_urls, post, **self._pusher_kw(kw))
+            return self._pusher
+
 
 # ---- async --------------------------------------------------------------------------------
 
@@ -670,6 +756,7 @@ class AsyncTeacherClient(_Api):
         self._transport = AsyncHTTPTransport(
             self.base_urls, http_transport=http_transport, **self._transport_kw
         )
+        self._pusher: WeightsPusher | None = None
 
     async def _send(
         self, call: _Call, body: Any, replica: str | None, timeout: Timeout, rid: str
@@ -719,7 +806,9 @@ class AsyncTeacherClient(_Api):
         return self._combine(call, payloads, rid)
 
     async def aclose(self) -> None:
-        """Close every replica's connection pool."""
+        """Close every replica's connection pool (and the weight-transfer groups, if any)."""
+        if self._pusher is not None:
+            self._pusher.close()
         await self._transport.aclose()
 
     async def __aenter__(self) -> AsyncTeacherClient:
@@ -880,3 +969,37 @@ class AsyncTeacherClient(_Api):
     ) -> WeightsResponse:
         """See `TeacherClient.load_weights`."""
         return await self._run(self._weights_call(path, version), timeout, request_id)
+
+    async def push_weights(
+        self,
+        model_or_state_dict: Any,
+        version: int | None = None,
+        *,
+        bucket_bytes: int = DEFAULT_BUCKET_BYTES,
+        cast: bool = True,
+        progress: bool | Callable[[int, int], None] | None = None,
+        backend: str | None = None,
+        master_address: str | None = None,
+        master_port: int | None = None,
+        timeout: float | None = None,
+    ) -> WeightsPushResponse:
+        """See `TeacherClient.push_weights`; the broadcast runs in a worker thread."""
+        loop = asyncio.get_running_loop()
+        if self._pusher is None:
+
+            def post(url: str, path: str, body: dict, seconds: float) -> Any:
+                call = self._transfer_call(path, body, url)
+                coro = self._run(call, Timeout(seconds, connect=5.0), None)
+                return asyncio.run_coroutine_threadsafe(coro, loop).result()
+
+            kw = {"backend": backend, "master_address": master_address}
+            kw |= {"master_port": master_port, "timeout": timeout}
+            self._pusher = WeightsPusher(self.base_urls, post, **self._pusher_kw(kw))
+        return await asyncio.to_thread(
+            self._pusher.push,
+            model_or_state_dict,
+            version,
+            bucket_bytes=bucket_bytes,
+            cast=cast,
+            progress=progress,
+        )

@@ -24,7 +24,8 @@
     │   ├── RateLimitError            429 * (queue full; `.retry_after`)
     │   ├── InternalServerError       500 and other 5xx
     │   └── ServiceUnavailableError   502/503/504 * (loading, draining, proxy)
-    └── DecodeError                   a success response the client could not read
+    ├── DecodeError                   a success response the client could not read
+    └── WeightsPushError              a push_weights broadcast did not complete (no HTTP error)
 
 ``*`` marks what `RetryPolicy` retries. Every error carries ``request_id`` (the ``X-Request-Id``
 of the call, the same across its retries), ``url`` and ``attempts``; `APIStatusError` also
@@ -69,6 +70,7 @@ __all__ = [
     "TokenCreditError",
     "TransportError",
     "UnprocessableEntityError",
+    "WeightsPushError",
     "WriteError",
     "WriteTimeout",
 ]
@@ -215,6 +217,12 @@ class ServiceUnavailableError(APIStatusError):
 
 class DecodeError(TokenCreditError):
     """A success response whose body the client could not read."""
+
+
+class WeightsPushError(TokenCreditError):
+    """A weights push stopped without an error answer from a replica (a refusal read from the
+    rendezvous store, a replica that never joined, a broken broadcast). The replicas keep their
+    old weights; the next push joins them again."""
 
 
 _BY_STATUS: dict[int, type[APIStatusError]] = {

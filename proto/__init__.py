@@ -42,6 +42,14 @@ from proto.meta import (
     WeightsResponse,
 )
 from proto.reward import RewardRequest, RewardResponse
+from proto.weights_push import (
+    TensorSpec,
+    WeightsPushRequest,
+    WeightsPushResponse,
+    WeightsTransferInit,
+    WeightsTransferInitResponse,
+    plan_buckets,
+)
 
 __all__ = [
     "METHODS",
@@ -76,13 +84,19 @@ __all__ = [
     "RolloutDetails",
     "ScoreSequence",
     "SequenceScores",
+    "TensorSpec",
     "TokenizeRequest",
     "TokenizeResponse",
     "Usage",
+    "WeightsPushRequest",
+    "WeightsPushResponse",
     "WeightsRequest",
     "WeightsResponse",
+    "WeightsTransferInit",
+    "WeightsTransferInitResponse",
     "WireModel",
     "decode_packed",
     "encode_array",
     "encode_packed",
+    "plan_buckets",
 ]

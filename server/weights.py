@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -89,6 +89,37 @@ class WeightsGate:
                 await self._changed.wait_for(lambda: self._readers == 0)
             try:
                 await engine.swap_weights(prepared)
+                self.version = version if version is not None else self.version + 1
+            finally:
+                async with self._changed:
+                    self._swapping = False
+                    self._changed.notify_all()
+            return self.version, time.perf_counter() - started
+
+    async def swap_with(
+        self,
+        prepare: Callable[[], Awaitable[object]],
+        install: Callable[[object], Awaitable[None]],
+        version: int | None,
+    ) -> tuple[int, float]:
+        """``swap`` for weights that do not come from a folder (a push, server/weights_push.py):
+        ``prepare()`` builds them beside the serving ones after the version check, ``install``
+        puts them in place with no request in flight."""
+        async with self._swap_lock:
+            if version is not None and version <= self.version:
+                raise ServiceError(
+                    409,
+                    f"version {version} must be greater than the loaded weights_version {self.version}",
+                    type="stale_weights",
+                    field="version",
+                )
+            started = time.perf_counter()
+            prepared = await prepare()
+            async with self._changed:
+                self._swapping = True
+                await self._changed.wait_for(lambda: self._readers == 0)
+            try:
+                await install(prepared)
                 self.version = version if version is not None else self.version + 1
             finally:
                 async with self._changed:

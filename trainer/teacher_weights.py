@@ -46,15 +46,24 @@ NO_TEACHER = frozenset(m for m, w in TEACHER_WEIGHTS.items() if w == "none")
 
 
 class WeightPusher:
-    """Saves checkpoints under the server's weights root and loads them with ``POST /v1/weights``.
+    """Saves checkpoints under the server's weights root and loads them with ``POST /v1/weights``
+    (``sync="disk"``), or broadcasts the weights to every replica with
+    ``TeacherClient.push_weights`` (``sync="push"``: no weights root needed; docs/weights.md).
 
     Keeps only the newest checkpoint folder: the server holds the weights in memory once loaded.
     """
 
-    def __init__(self, client: TeacherClient, weights_root: str | Path | None, run_name: str):
+    def __init__(
+        self,
+        client: TeacherClient,
+        weights_root: str | Path | None,
+        run_name: str,
+        sync: str = "disk",
+    ):
         self.client = client
         self.root = Path(weights_root) if weights_root else None
         self.run_name = run_name
+        self.sync = sync
         self.version: int | None = None
         self._last: Path | None = None
         self.seconds = 0.0
@@ -62,14 +71,19 @@ class WeightPusher:
 
     @property
     def enabled(self) -> bool:
-        return self.root is not None
+        return self.sync == "push" or self.root is not None
 
     def push(self, model, tokenizer, tag: str) -> int | None:
         """Save ``model`` (and ``tokenizer``) as ``<root>/<run_name>/<tag>`` and load it on every
         replica; returns the new ``weights_version`` (None when pushing is off)."""
-        if self.root is None:
+        if not self.enabled:
             return None
         started = time.perf_counter()
+        if self.sync == "push":
+            self.version = self.client.push_weights(model, progress=False).weights_version
+            self.seconds += time.perf_counter() - started
+            self.pushes += 1
+            return self.version
         rel = Path(self.run_name) / tag
         folder = self.root / rel
         model.save_pretrained(folder)

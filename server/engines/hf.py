@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
+from proto.weights_push import TensorSpec
 from server.engines.base import (
     EngineInfo,
     GenerateItem,
@@ -150,6 +151,34 @@ class HFEngine:
     async def swap_weights(self, prepared: PreTrainedModel) -> None:
         with self._lock:
             self._model = prepared
+
+    def tensor_specs(self) -> dict[str, TensorSpec]:
+        """What a weights push must carry (server/weights_push.py): every tensor of the state
+        dict once, with the serving dtype and shape. A tied alias (``lm_head.weight`` sharing the
+        input embedding's storage) is left out, as ``named_parameters()`` leaves it out."""
+        specs, seen = {}, set()
+        for name, tensor in self._model.state_dict().items():
+            key = (tensor.data_ptr(), tuple(tensor.shape))
+            if key in seen:
+                continue
+            seen.add(key)
+            specs[name] = TensorSpec(
+                name=name, dtype=str(tensor.dtype).removeprefix("torch."), shape=list(tensor.shape)
+            )
+        return specs
+
+    async def install_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        """Make pushed tensors (checked against ``tensor_specs``) the serving weights. Called with
+        no request in flight (the weights gate drains).
+
+        No copy: each parameter's storage is pointed at the received tensor (``param.data = t``),
+        so the swap is instant and the old storage is freed. A tied LM head is the same
+        ``Parameter`` object as the input embedding, so it follows."""
+        tensors = {n: t.to(self.device) for n, t in tensors.items()}
+        with self._lock:
+            owners = dict(self._model.named_parameters()) | dict(self._model.named_buffers())
+            for name, tensor in tensors.items():
+                owners[name].data = tensor
 
     async def warmup(self) -> None:
         ids = tuple(self.tokenizer.encode("1+1=2")) or (0,)

@@ -80,6 +80,7 @@ from server.engines.base import (
     WeightsError,
 )
 from server.engines.hf import tokenizer_sha256
+from server.engines.vllm_push import PushWorkerMixin
 
 if TYPE_CHECKING:
     from server.settings import Settings
@@ -416,8 +417,10 @@ class VLLMEngine:
             await asyncio.to_thread(llm.shutdown)
 
 
-class WorkerExtension:
-    """Methods vLLM mixes into its worker class (``worker_extension_cls``), run by ``collective_rpc``."""
+class WorkerExtension(PushWorkerMixin):
+    """Methods vLLM mixes into its worker class (``worker_extension_cls``), run by ``collective_rpc``.
+
+    Weights pushes (``PushWorkerMixin``) live in ``server/engines/vllm_push.py``."""
 
     def tokencredit_reload_weights(self, path: str) -> None:
         """``reload_weights`` from a folder, plus a fix for tied LM heads on CPU.

@@ -82,6 +82,21 @@ def test_three_steps_push_weights_and_log(toy_server, tmp_path):
     assert len(list((toy_server.weights_root / Path(cfg.run_dir).name).iterdir())) == 1
 
 
+def test_push_sync_keeps_the_teacher_on_policy_without_a_weights_root(toy_server, tmp_path):
+    """``weights_sync="push"``: the weights go over a gloo group (no checkpoint folder), one
+    version per step, and the teacher then scores with the trained policy, not the initial one."""
+    cfg = small_config(tmp_path, method="hsd", steps=2, weights_sync="push", weights_root="")
+    seq = [{"context_ids": [1, 2, 3, 4], "target_ids": [5, 6, 7]}]
+    with TeacherClient(toy_server.url, timeout=120.0) as client:
+        v0 = client.model().weights_version
+        before = client.logprobs(seq)[0].logprobs
+        loop.main(cfg, client=client)
+        res = client.logprobs(seq)
+    assert res.weights_version == v0 + 3  # initial push + one per step
+    assert not np.array_equal(res[0].logprobs, before)
+    assert not any(Path(cfg.run_dir).glob("**/*.safetensors"))
+
+
 def test_advantages_have_response_shapes(toy_server, tmp_path):
     """One step's pieces by hand: shapes, masking and the HSD details the analyses use."""
     from transformers import AutoModelForCausalLM, AutoTokenizer

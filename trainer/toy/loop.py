@@ -17,7 +17,8 @@ Per step, for P prompts × G samples:
    warmup and grad-norm clipping (clip 1.0; learning rates measured on the embedded model: docs/toy.md).
 4. **Teacher weights**: every ``push_every`` steps the teacher's weights are refreshed through
    ``POST /v1/weights`` (``save_pretrained`` under the server's ``TC_WEIGHTS_ROOT``, then
-   ``load_weights``); later calls pass ``min_weights_version``. Which weights depends on the method's
+   ``load_weights``), or with ``weights_sync="push"`` over a gloo group (``push_weights``,
+   docs/weights.md); later calls pass ``min_weights_version``. Which weights depends on the method's
    teacher (docs/algorithms.md §1): the current policy (HSD, AntiSD, AMR-SD), an EMA (SDPO), a frozen copy
    re-synced every 20 steps (RLSD), or the initial policy, never pushed (OPD, OPSD).
 
@@ -109,6 +110,10 @@ class Config:
     teacher_weights: str = "auto"
     # Push the current policy (or the EMA) every this many steps.
     push_every: int = 1
+    # How the teacher gets the weights: "disk" (save_pretrained under weights_root, then
+    # POST /v1/weights) or "push" (TeacherClient.push_weights: broadcast over a gloo group to
+    # every replica, no shared storage; docs/weights.md).
+    weights_sync: str = "disk"
     # EMA rate of the SDPO teacher: ema ← (1 − rate)·ema + rate·θ after every step.
     ema_rate: float = 0.05
     # Re-sync period of the RLSD frozen teacher.
@@ -139,6 +144,8 @@ class Config:
             raise ValueError(f"unknown loss_agg {self.loss_agg!r}")
         if self.lr > 1e-5:
             print(f"warning: lr={self.lr} > 1e-5; 1e-3 collapsed the embedded model (docs/toy.md)")
+        if self.weights_sync not in ("disk", "push"):
+            raise ValueError(f'weights_sync must be "disk" or "push", got {self.weights_sync!r}')
         if self.push_every < 1 or self.resync_every < 1:
             raise ValueError("push_every and resync_every must be >= 1")
 
@@ -440,7 +447,7 @@ def main(cfg: Config, client: TeacherClient | None = None) -> dict[str, Any]:
             if not url:
                 url, weights_root = start_server(cfg, run_dir, stack)
             client = stack.enter_context(TeacherClient(url, timeout=300.0))
-        pusher = WeightPusher(client, weights_root, run_dir.name)
+        pusher = WeightPusher(client, weights_root, run_dir.name, cfg.weights_sync)
         needs_teacher = cfg.method not in NO_TEACHER
         # Start the teacher from the initial policy (a shared server may hold another run's).
         min_version = None

@@ -1,0 +1,66 @@
+"""Fixtures of the weights-push tests: two real hf replicas with API and admin keys, and seeded
+perturbations of the embedded model (each version's weights differ enough to tell apart)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from client.launcher import ServerProcess
+from server.settings import DEFAULT_MODEL_DIR
+
+API_KEY, ADMIN_KEY = "push-api-key", "push-admin-key"
+
+
+def replica_env(weights_root: Path, backend: str = "hf") -> dict[str, str]:
+    return {
+        "TC_MODEL": str(DEFAULT_MODEL_DIR),
+        "TC_BACKEND": backend,
+        "TC_DEVICE": "cpu",
+        "TC_DTYPE": "float32",
+        "TC_LOG_LEVEL": "info",
+        "TC_API_KEYS": API_KEY,
+        "TC_ADMIN_KEYS": ADMIN_KEY,
+        "TC_WEIGHTS_ROOT": str(weights_root),
+        "OMP_NUM_THREADS": "1",
+    }
+
+
+@pytest.fixture(scope="module")
+def weights_root(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("push-weights-root")
+
+
+@pytest.fixture(scope="module")
+def replicas(tmp_path_factory, weights_root):
+    logs = tmp_path_factory.mktemp("push-logs")
+    procs = [
+        ServerProcess(env=replica_env(weights_root), log_path=logs / f"replica-{i}.log")
+        for i in range(2)
+    ]
+    for p in procs:
+        p.start()
+    yield procs
+    for p in procs:
+        p.stop()
+
+
+@pytest.fixture(scope="module")
+def model():
+    from transformers import AutoModelForCausalLM
+
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    return AutoModelForCausalLM.from_pretrained(str(DEFAULT_MODEL_DIR), dtype=torch.float32).eval()
+
+
+def perturbed(model, seed: int, scale: float = 0.05):
+    """The model's parameters (``named_parameters``: a tied LM head once) plus seeded Gaussian
+    noise: a new "policy" per seed, as a trainer would hold it."""
+    gen = torch.Generator().manual_seed(seed)
+    return {
+        name: (t.detach() + scale * torch.randn(t.shape, generator=gen))
+        for name, t in model.named_parameters()
+    }
