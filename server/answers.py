@@ -18,6 +18,11 @@ units and ``x = ...`` prefixes. When both sides are numbers it decides alone (ex
 equality). Anything else (``x^2+1``, ``\\frac{\\pi}{2}``, intervals) goes to `math_verify
 <https://github.com/huggingface/Math-Verify>`_ (``parse``/``verify``, sympy underneath), with its
 signal-based timeout where that is allowed (main thread) and a length cap elsewhere.
+
+All of it reads untrusted text (responses, labels, generated reflections), so every scan is linear
+in the input: no pattern may backtrack over a run it already failed on (``\\s*:?\\s*`` over 20,000
+spaces took 23 s), and brace matching is one pass (``brace_matches``), not a scan per ``\\boxed{``.
+tests/server/test_answers.py times each at its worst input.
 """
 
 from __future__ import annotations
@@ -30,11 +35,13 @@ from functools import lru_cache
 
 __all__ = [
     "answers_match",
+    "brace_matches",
     "extract_boxed",
     "extract_final_answer",
     "mentions_answer",
     "normalize_answer",
     "parse_number",
+    "strip_thinking",
 ]
 
 log = logging.getLogger(__name__)
@@ -42,12 +49,19 @@ log = logging.getLogger(__name__)
 # math_verify is only asked about strings this short (sympy on long input can take seconds).
 MATH_VERIFY_MAX_CHARS = 200
 MATH_VERIFY_TIMEOUT_S = 2
+# Longer digit strings are not read as numbers: int() of a long string is quadratic, and Python
+# refuses over 4,300 digits (a ValueError, i.e. a 500). No final answer is that long.
+MAX_NUMBER_CHARS = 200
 
 _BOXED = re.compile(r"\\(?:boxed|fbox)\s*\{")
+_BRACE = re.compile(r"[{}]")
+_SPACES = re.compile(r"\s*")
+_NONSPACE = re.compile(r"\S")
 # A number as written in text: thousands-separated or plain digits, decimals.
 _NUM = r"(?:\d{1,3}(?:(?:,|\{,\})\d{3})+|\d+)(?:\.\d+)?|\.\d+"
 _ANSWER_PHRASE = re.compile(
-    r"answer\s*(?:is|:|=|would\s+be|should\s+be)\s*:?\s*"
+    # "\s*(?::\s*)?", not "\s*:?\s*": two adjacent \s* split a run of n spaces n ways (quadratic)
+    r"answer\s*(?:is|:|=|would\s+be|should\s+be)\s*(?::\s*)?"
     r"(?P<ans>\$[^$\n]{1,80}\$"  # $...$
     r"|\\\([^\n]{1,80}?\\\)"  # \(...\)
     r"|[-−]?(?:" + _NUM + r")(?:\s*/\s*\d+)?(?![\d,])"  # 1,000 / -3.5 / 1/2
@@ -62,28 +76,67 @@ _LATEX_FRAC = re.compile(
 )
 _SLASH_FRAC = re.compile(r"(?P<sign>[-−]\s?)?(?<![\d.])(?P<a>\d+)\s*/\s*(?P<b>\d+)(?![\d.])")
 _PLAIN_NUMBER = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)")
+# A whitespace run before or after a symbol. Anchored at the run's start (lookbehind), so a long run
+# is tried once, not from each of its positions (``\s*([^\w\s])\s*`` was quadratic).
+_SPACE_AROUND_SYMBOL = re.compile(r"(?<!\s)\s+(?=[^\w\s])|(?<=[^\w\s])\s+")
 _THOUSANDS = re.compile(r"[+-]?\d{1,3}(?:,\d{3})+(?:\.\d+)?")
 
 
 # ---- extraction --------------------------------------------------------------------------------
 
 
-def extract_boxed(text: str) -> list[str]:
+def brace_matches(text: str) -> dict[int, int]:
+    """``{index of "{": index of its matching "}"}`` for every closed brace, in one pass.
+
+    A brace's match depends only on the text after it, so one stack over the whole text gives
+    the same pairs as counting depth from each opening brace (which is quadratic in nested or
+    unclosed input).
+    """
+    stack: list[int] = []
+    pairs: dict[int, int] = {}
+    for m in _BRACE.finditer(text):
+        if m.group() == "{":
+            stack.append(m.start())
+        elif stack:
+            pairs[stack.pop()] = m.start()
+    return pairs
+
+
+def extract_boxed(text: str, pairs: dict[int, int] | None = None) -> list[str]:
     """Contents of every ``\\boxed{...}`` / ``\\fbox{...}`` in order, nested braces respected.
 
     Empty boxes (a prompt's "put your final answer within \\boxed{}") and unclosed ones are skipped.
+    ``pairs``: ``brace_matches(text)`` when the caller has it already.
     """
     out = []
-    for m in _BOXED.finditer(text):
-        depth, i = 1, m.end()
-        while i < len(text) and depth:
-            depth += {"{": 1, "}": -1}.get(text[i], 0)
-            i += 1
-        if depth == 0:
-            inner = text[m.end() : i - 1].strip()
+    boxes = list(_BOXED.finditer(text))
+    if not boxes:
+        return out
+    pairs = brace_matches(text) if pairs is None else pairs
+    for m in boxes:
+        close = pairs.get(m.end() - 1)
+        if close is not None:
+            inner = text[m.end() : close].strip()
             if inner:
                 out.append(inner)
     return out
+
+
+def strip_thinking(text: str) -> str:
+    """``text`` without its ``<think>...</think>`` blocks (and the whitespace after each), stripped.
+
+    Same result as ``re.sub(r"<think>.*?</think>\\s*", "", text, flags=re.DOTALL)``, in one pass:
+    that pattern rescans to the end of the text from every unclosed ``<think>``.
+    """
+    parts, pos = [], 0
+    while (start := text.find("<think>", pos)) >= 0:
+        end = text.find("</think>", start + len("<think>"))
+        if end < 0:
+            break  # no later <think> can close either
+        parts.append(text[pos:start])
+        pos = _SPACES.match(text, end + len("</think>")).end()
+    parts.append(text[pos:])
+    return "".join(parts).strip()
 
 
 def extract_final_answer(text: str | None, *, last_number: bool = False) -> str | None:
@@ -117,17 +170,31 @@ def extract_final_answer(text: str | None, *, last_number: bool = False) -> str 
 
 
 def _strip_wrappers(s: str) -> str:
-    s = s.strip()
-    changed = True
-    while changed and s:
-        changed = False
+    """Peel ``$$..$$``, ``$..$``, ``\\(..\\)``, ``\\[..\\]`` and a whole-string ``\\boxed{..}``, any
+    number of layers. Works on indices (no copy per layer), so ``"$" * n`` is linear."""
+    i, j = 0, len(s)
+    pairs: dict[int, int] | None = None
+    while True:
+        while i < j and s[i].isspace():
+            i += 1
+        while j > i and s[j - 1].isspace():
+            j -= 1
         for left, right in (("$$", "$$"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]")):
-            if len(s) >= len(left) + len(right) and s.startswith(left) and s.endswith(right):
-                s, changed = s[len(left) : len(s) - len(right)].strip(), True
-        boxed = extract_boxed(s)
-        if len(boxed) == 1 and _BOXED.match(s) and s.endswith("}"):
-            s, changed = boxed[0], True
-    return s
+            if (
+                j - i >= len(left) + len(right)
+                and s.startswith(left, i)
+                and s.endswith(right, i, j)
+            ):
+                i, j = i + len(left), j - len(right)
+                break
+        else:
+            m = _BOXED.match(s, i, j)
+            if m is None or s[j - 1] != "}":
+                return s[i:j]
+            pairs = brace_matches(s) if pairs is None else pairs
+            if pairs.get(m.end() - 1) != j - 1 or not _NONSPACE.search(s, m.end(), j - 1):
+                return s[i:j]
+            i, j = m.end(), j - 1
 
 
 def _clean(s: str) -> str:
@@ -180,7 +247,7 @@ def parse_number(s: str | None) -> Fraction | None:
     if not s:
         return None
     s = _clean(s).removesuffix("%")
-    if not s:
+    if not s or len(s) > MAX_NUMBER_CHARS:
         return None
     if _THOUSANDS.fullmatch(s):
         s = s.replace(",", "")
@@ -299,14 +366,20 @@ def number_values(text: str) -> list[Fraction]:
         return sign
 
     for m in _LATEX_FRAC.finditer(text):
+        if len(m.group()) > MAX_NUMBER_CHARS:
+            continue
         a, b = int(m.group("a") or m.group("a1")), int(m.group("b") or m.group("b1"))
         if b:
             values.append(_signed(Fraction(a, b), sign_of(m)))
     for m in _SLASH_FRAC.finditer(text):
+        if len(m.group()) > MAX_NUMBER_CHARS:
+            continue
         a, b = int(m.group("a")), int(m.group("b"))
         if b:
             values.append(_signed(Fraction(a, b), sign_of(m)))
     for m in _NUMBER_TOKEN.finditer(text):
+        if len(m.group("num")) > MAX_NUMBER_CHARS:
+            continue
         value = _signed(Fraction(m.group("num").replace("{,}", "").replace(",", "")), sign_of(m))
         values.append(value)
         if m.group("pct"):
@@ -344,7 +417,7 @@ def mentions_answer(text: str | None, gold: str | None) -> bool:
     if len(g) < 2:
         return False
     # spaces around symbols go (``x^2 + 1`` -> ``x^2+1``), spaces between words stay
-    haystack = re.sub(r"\s*([^\w\s])\s*", r"\1", _clean_text(text))
+    haystack = _SPACE_AROUND_SYMBOL.sub("", _clean_text(text))
     for m in re.finditer(re.escape(g), haystack):
         before = haystack[m.start() - 1] if m.start() else ""
         after = haystack[m.end()] if m.end() < len(haystack) else ""

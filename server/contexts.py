@@ -11,14 +11,13 @@ method's limit and ``max_model_len`` (leaving room for the response).
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from proto import prompts
+from server.answers import strip_thinking  # linear-time; re-exported for hints.py
 from server.credit import CreditMethod, GroupView, RolloutView
 
-THINK_BLOCK = re.compile(r"<think>.*?</think>\s*", flags=re.DOTALL)
 # Where a placeholder's value comes from, for the 422 of an oversized prompt.
 _GROUP_FIELDS = {
     "problem": "problem",
@@ -26,10 +25,6 @@ _GROUP_FIELDS = {
     "answer": "reference_answer",
 }
 _ROLLOUT_FIELDS = {"feedback_raw": "feedback", "reflection": "reflection"}
-
-
-def strip_thinking(text: str) -> str:
-    return THINK_BLOCK.sub("", text).strip()
 
 
 def longest_token_chars(tokenizer) -> int:

@@ -11,6 +11,7 @@ from server.answers import (
     mentions_answer,
     normalize_answer,
     parse_number,
+    strip_thinking,
 )
 
 
@@ -161,3 +162,98 @@ def test_mentions_answer_ignores_non_leaks(text, gold):
 def test_mentions_answer_without_gold():
     assert not mentions_answer("The answer is 42", None)
     assert not mentions_answer("The answer is 42", "  ")
+
+
+# ---- linear time on hostile text ----------------------------------------------------------------
+#
+# Each input below took quadratic time (or crashed) before: 20,000 spaces after "answer is" froze
+# the server for 23 s. At a million characters quadratic code runs for hours and linear code for
+# well under a second, so a generous deadline cannot be missed by load alone. Each call runs in
+# a forked child so that a regression fails the test at the deadline instead of hanging it.
+
+N = 1_000_000
+DEADLINE_S = 20.0
+
+
+def _extract_last_number(text):
+    return extract_final_answer(text, last_number=True)
+
+
+def _mentions_ab(text):
+    return mentions_answer(text, "ab")
+
+
+def _mentions_42(text):
+    return mentions_answer(text, "42")
+
+
+def _match_gold(text):
+    return answers_match("42", text)
+
+
+HOSTILE_TEXT = {
+    "spaces after 'answer is'": (extract_final_answer, "answer is" + " " * N + ","),
+    "spaces around ':' after 'answer'": (extract_final_answer, "answer" + " " * N + ":" + " " * N),
+    "unclosed \\boxed{ repeated": (extract_final_answer, "\\boxed{" * (N // 7)),
+    "nested \\boxed{ closed": (normalize_answer, "\\boxed{" * (N // 7) + "1" + "}" * (N // 7)),
+    "unclosed <think> repeated": (strip_thinking, "<think>" * (N // 7)),
+    "<think> closed once at the end": (strip_thinking, "<think>" * (N // 7) + "</think>"),
+    "$ wrappers": (normalize_answer, "$" * N),
+    "\\( wrappers": (normalize_answer, "\\(" * (N // 4) + "\\)" * (N // 4)),
+    "spaces before a symbol (leak check)": (_mentions_ab, " " * N + "x"),
+    "unclosed boxes (leak check)": (_mentions_ab, "\\boxed{ " * (N // 8)),
+    "a million digits (leak check)": (_mentions_42, "1" * N),
+    "a million digits as the label": (_match_gold, "1" * N),
+    "a million-digit fraction": (_mentions_42, "1" * (N // 2) + "/" + "3" * (N // 2)),
+    "thousands separators": (_extract_last_number, "1," * (N // 2)),
+    "'answer is 1' repeated": (extract_final_answer, "answer is 1" * (N // 11)),
+    "\\text{ unclosed repeated": (_match_gold, "\\text{" * (N // 6)),
+}
+
+
+def _call_in_child(fn, text, conn):
+    try:
+        fn(text)
+        conn.send(None)
+    except BaseException as exc:  # reported to the parent, which fails the test with it
+        conn.send(f"{type(exc).__name__}: {exc}"[:500])
+
+
+@pytest.mark.parametrize("name", list(HOSTILE_TEXT))
+def test_parsers_are_linear_on_hostile_text(name):
+    import multiprocessing as mp
+
+    fn, text = HOSTILE_TEXT[name]
+    ctx = mp.get_context("fork")
+    parent, child = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_call_in_child, args=(fn, text, child))
+    proc.start()
+    finished = parent.poll(DEADLINE_S)
+    if not finished:
+        proc.kill()
+    proc.join()
+    assert finished, f"{name}: not done after {DEADLINE_S:.0f} s on {len(text):,} characters"
+    error = parent.recv()
+    assert error is None, f"{name}: {error}"
+
+
+def test_strip_thinking_matches_the_regex_it_replaces():
+    import re
+
+    reference = re.compile(r"<think>.*?</think>\s*", flags=re.DOTALL)
+    for text in (
+        "<think>a</think> b",
+        "x <think>a</think>\n\n<think>b</think>c",
+        "<think>open",
+        "a<think>b</think>",
+        "<think><think>b</think> c </think> d",
+        "</think> <think>",
+        "",
+    ):
+        assert strip_thinking(text) == reference.sub("", text).strip(), text
+
+
+def test_nested_and_wrapped_boxes_unwrap():
+    assert normalize_answer("$\\boxed{\\boxed{ 14 }}$") == "14"
+    assert normalize_answer("\\boxed{1} + \\boxed{2}") != "1"
+    assert extract_boxed("\\boxed{a{b}c} \\boxed{d") == ["a{b}c"]
