@@ -15,6 +15,7 @@ from proto.advantages import (
 from proto.arrays import (
     FloatArray,
     IdArray,
+    NonFiniteError,
     PackedArray,
     decode_packed,
     encode_array,
@@ -73,6 +74,7 @@ __all__ = [
     "LogprobsResponse",
     "Method",
     "ModelInfo",
+    "NonFiniteError",
     "PackedArray",
     "ReadyResponse",
     "Reflection",

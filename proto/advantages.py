@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from proto.arrays import Encoding, FloatArray, FloatArrayOut, IdArray
-from proto.base import WireModel
+from proto.base import Version, WireModel, find_non_finite
 from proto.hints import Reflection
 
 # The methods this release serves (docs/algorithms.md). The wire type is an id, not an enum: the
@@ -81,8 +81,21 @@ class AdvantagesRequest(WireModel):
     seed: int = 0
     encoding: Encoding = "json"
     return_details: bool = False
-    min_weights_version: int | None = Field(default=None, ge=0)
+    min_weights_version: Version | None = None
     groups: list[Group] = Field(min_length=1)
+
+    @field_validator("params", "state")
+    @classmethod
+    def check_finite(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        found = find_non_finite(value) if value is not None else None
+        if found:
+            path, problem = found
+            raise PydanticCustomError(
+                "finite_number",
+                "value {problem}",
+                {"field": path, "path": path, "problem": problem},
+            )
+        return value
 
 
 class RolloutDetails(WireModel):

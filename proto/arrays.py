@@ -4,7 +4,8 @@ A packed array is ``{"dtype": "float32"|"float16"|"bfloat16"|"int32", "shape": [
 "data": "<base64 of little-endian bytes, C order>"}``. Decoding checks
 ``len(bytes) == prod(shape) * itemsize``. Request fields typed ``FloatArray`` / ``IdArray`` accept
 either form and hold a NumPy array after validation (float64 / int64), so the server never sees
-the difference.
+the difference. Float arrays must be finite in both forms (a packed NaN is as much a 422 as a
+JSON ``NaN``), and ``encode_array`` refuses to put a non-finite number in a response.
 
 >>> arr = decode_packed(encode_packed(np.arange(3, dtype=np.float32)))
 >>> arr.tolist()
@@ -103,12 +104,27 @@ def _as_1d(value: list | PackedArray, kind: str) -> np.ndarray:
         if len(value.shape) != 1:
             raise ValueError(f"expected a 1-D array, got shape {value.shape}")
         array = value.to_numpy()
+        if kind == "float":
+            _check_finite(array)
     else:
         try:
             array = np.asarray(value, dtype=np.float64 if kind == "float" else np.int64)
         except OverflowError:  # a JSON integer beyond int64 (a 422, not a 500)
             raise ValueError("integers must lie in the signed 64-bit range") from None
     return array.astype(np.float64 if kind == "float" else np.int64, copy=False)
+
+
+class NonFiniteError(ValueError):
+    """A float array holds NaN or Infinity: no JSON reader accepts those, packed or not."""
+
+
+def _check_finite(array: np.ndarray) -> None:
+    bad = ~np.isfinite(array)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise NonFiniteError(
+            f"entry {i} is {float(array.flat[i])!r}: numbers must be finite (no NaN or Infinity)"
+        )
 
 
 def _to_float_array(value: list[float] | PackedArray) -> np.ndarray:
@@ -124,7 +140,7 @@ def _serialize(array: np.ndarray) -> list:
 
 
 # Request-side arrays: accept a JSON list or a packed array; hold a 1-D NumPy array afterwards.
-# ``allow_inf_nan`` stays on for floats: -inf is a legitimate log-prob.
+# JSON lists inherit ``strict`` and ``allow_inf_nan=False`` from WireModel (proto/base.py).
 def _form(value: Any) -> str:
     return "packed" if isinstance(value, dict | PackedArray) else "list"
 
@@ -157,7 +173,14 @@ Encoding = Literal["json", "base64"]
 
 
 def encode_array(array: np.ndarray, encoding: Encoding) -> list | dict[str, Any]:
-    """One response array in the encoding the request asked for."""
+    """One response array in the encoding the request asked for.
+
+    Raises ``NonFiniteError`` for a packed float array with NaN or Infinity: base64 would hide it
+    from the server's JSON encoder, which refuses non-finite numbers in lists (and names them).
+    """
     if encoding == "base64":
+        array = np.asarray(array)
+        if np.issubdtype(array.dtype, np.floating):
+            _check_finite(array)
         return encode_packed(array)
     return np.asarray(array).tolist()

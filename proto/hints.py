@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from proto.base import WireModel
+from proto.base import Version, WireModel
 from proto.prompts import PromptTooLarge, check_uses
 
 # Placeholders a reflection template may use (proto/prompts.py REFLECTION_PROMPT and blocks).
@@ -77,7 +77,7 @@ class HintsRequest(WireModel):
     temperature: float = Field(default=0.7, ge=0.0, le=10.0)
     seed: int = 0
     templates: ReflectionTemplates | None = None
-    min_weights_version: int | None = Field(default=None, ge=0)
+    min_weights_version: Version | None = None
 
 
 class Reflection(WireModel):

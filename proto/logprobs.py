@@ -31,7 +31,10 @@ from proto.arrays import (
     IdMatrixOut,
     PackedArray,
 )
-from proto.base import WireModel
+from proto.base import Version, WireModel
+
+# Lower bound of ``temperature``: logits / 1e-300 overflow to infinity and every log-prob is NaN.
+MIN_TEMPERATURE = 1e-4
 
 
 def _to_id_matrix(value: list[list[int]] | PackedArray) -> np.ndarray:
@@ -113,9 +116,14 @@ class LogprobsRequest(WireModel):
     entropy: bool = Field(
         default=False, description="Return full-vocabulary entropy per target position."
     )
-    temperature: float = Field(default=1.0, gt=0.0, le=100.0)
+    temperature: float = Field(
+        default=1.0,
+        ge=MIN_TEMPERATURE,
+        le=100.0,
+        description="Divides the logits; at least 1e-4 (below it log-probs and entropy overflow).",
+    )
     encoding: Encoding = "json"
-    min_weights_version: int | None = Field(default=None, ge=0)
+    min_weights_version: Version | None = None
 
 
 class SequenceScores(WireModel):

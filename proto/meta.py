@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from proto.base import WireModel
+from proto.base import Version, WireModel
 
 
 class HealthResponse(WireModel):
@@ -56,8 +56,9 @@ class TokenizeResponse(WireModel):
 
 class WeightsRequest(WireModel):
     path: str = Field(min_length=1, description="Checkpoint folder, relative to TC_WEIGHTS_ROOT.")
-    version: int | None = Field(
-        default=None, ge=0, description="New weights_version; default: current + 1. Must increase."
+    version: Version | None = Field(
+        default=None,
+        description="New weights_version (at most 2**63 - 1); default: current + 1. Must increase.",
     )
 
 

@@ -58,6 +58,8 @@ class RewardLabel(BaseModel):
             if text.startswith("{"):
                 try:
                     value = json.loads(text)
+                except RecursionError:  # '{"a":' * 100_000: a 4xx, not a 500
+                    raise ValueError("label JSON is nested too deeply") from None
                 except ValueError:
                     return cls(answer=value)  # an answer that happens to start with "{"
             else:

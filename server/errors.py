@@ -16,6 +16,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from proto import NonFiniteError
+
 log = logging.getLogger(__name__)
 
 HTTP_TYPES = {
@@ -123,6 +125,12 @@ def install_error_handlers(app: FastAPI) -> None:
             content=error_body(exc.type, exc.message, exc.field),
             headers=exc.headers,
         )
+
+    @app.exception_handler(NonFiniteError)
+    async def on_non_finite(request: Request, exc: NonFiniteError):
+        # proto.encode_array refused a packed NaN/Infinity in a result
+        message = f"a result {exc}: the inputs are too extreme to compute it"
+        return JSONResponse(status_code=422, content=error_body("non_finite_result", message))
 
     @app.exception_handler(StarletteHTTPException)
     async def on_http(request: Request, exc: StarletteHTTPException):
