@@ -23,6 +23,18 @@ import httpx
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
+# uvicorn's connection limits, the same in scripts/serve.sh and deploy/Dockerfile* (a test checks):
+# h11 (httptools ignores the next flag) with the request line + headers capped at 64 KiB (larger
+# is a 400 before the app sees it); at most 1024 connections + requests at once (uvicorn answers
+# 503 above it); a 2048-connection accept backlog; idle keep-alive connections closed after 5 s.
+UVICORN_LIMITS = (
+    "--http", "h11",
+    "--h11-max-incomplete-event-size", "65536",
+    "--limit-concurrency", "1024",
+    "--backlog", "2048",
+    "--timeout-keep-alive", "5",
+)  # fmt: skip
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -67,6 +79,7 @@ class ServerProcess:
             str(self.port),
         ]
         cmd += ["--timeout-graceful-shutdown", env.get("TC_DRAIN_SECONDS", "30"), "--no-access-log"]
+        cmd += UVICORN_LIMITS
         self.proc = subprocess.Popen(
             cmd, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=REPO_ROOT
         )

@@ -17,6 +17,7 @@ This module names no method: it asks the method (``server.credit.method.CreditMe
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from dataclasses import dataclass, field
@@ -39,7 +40,7 @@ from server.credit import (
 )
 from server.engines.base import ScoreItem, TeacherEngine
 from server.errors import ServiceError, json_path
-from server.hints import reflect_rollouts
+from server.hints import admitted, reflect_rollouts
 from server.runtime import Runtime
 from server.scoring import check_ids, check_length, score_items
 
@@ -121,12 +122,14 @@ async def advantages(
     timings = {} if timings is None else timings
     engine, _ = runtime.require_engine()
     method, params = parse_method(request)
-    batch = Batch.from_request(request, engine.tokenizer)
+    # Python-level work per rollout (decoding, the credit math) runs in worker threads, which
+    # hand the GIL back to the event loop every few ms: /healthz stays responsive on big bodies.
+    batch = await asyncio.to_thread(Batch.from_request, request, engine.tokenizer)
     check_request_ids(request, batch, engine.info.vocab_size)
     check_caller_student(method, batch)
 
     async with runtime.gate.reading(request.min_weights_version) as version:
-        await write_missing_reflections(engine, request, method, params, batch)
+        await write_missing_reflections(engine, request, method, params, batch, runtime.batcher)
         if method.needs_teacher:
             batch.peers = method.peers(params, batch.rollouts, request.seed)
             batch.context_mask = method.context_mask(params, batch.rollouts, batch.peers)
@@ -145,7 +148,7 @@ async def advantages(
                 batch.entropy[b] = out.entropy
     started = time.perf_counter()
     try:
-        return compute_response(request, method, params, batch, version)
+        return await asyncio.to_thread(compute_response, request, method, params, batch, version)
     finally:
         timings["math"] = time.perf_counter() - started
 
@@ -169,7 +172,12 @@ def check_request_ids(request: AdvantagesRequest, batch: Batch, vocab_size: int)
 
 
 async def write_missing_reflections(
-    engine: TeacherEngine, request: AdvantagesRequest, method: CreditMethod, params, batch: Batch
+    engine: TeacherEngine,
+    request: AdvantagesRequest,
+    method: CreditMethod,
+    params,
+    batch: Batch,
+    batcher=None,
 ) -> None:
     """The model writes a hint/critique for every rollout that came without one (methods with
     ``needs_reflections``).
@@ -214,6 +222,7 @@ async def write_missing_reflections(
         temperature=params.reflection_temperature,
         seed=request.seed,
         select=select,
+        generate=admitted(batcher) if batcher is not None else None,  # queue + 429 as scoring
     )
     for gi, row in enumerate(written):
         for ri, reflection in enumerate(row):

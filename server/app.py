@@ -27,6 +27,9 @@ from server.routes import (
 from server.runtime import Runtime
 from server.settings import Settings, get_settings
 
+# Routes whose work grows with caller text (parsing, tokenizing, answer matching): they get the
+# smaller TC_MAX_TEXT_BODY_BYTES so that none can hold the process for long (docs/reliability.md).
+TEXT_ROUTES = ("/v1/tokenize", "/v1/hints", "/get_reward")
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"
 
 
@@ -72,8 +75,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(module.router)
     if settings.ui:
         app.include_router(ui.router)
+    text_limit = (
+        min(settings.max_text_body_bytes, settings.max_body_bytes),
+        "TC_MAX_TEXT_BODY_BYTES",
+    )
     app.add_middleware(
-        ServiceMiddleware, metrics=runtime.metrics, max_body_bytes=settings.max_body_bytes
+        ServiceMiddleware,
+        metrics=runtime.metrics,
+        max_body_bytes=settings.max_body_bytes,
+        path_limits=dict.fromkeys(TEXT_ROUTES, text_limit),
     )
     return app
 

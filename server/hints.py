@@ -55,13 +55,14 @@ import hashlib
 import logging
 import random
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from proto import HintsRequest, Reflection
 from proto import prompts as T
 from server.answers import extract_final_answer, mentions_answer, normalize_answer
+from server.batcher import Batcher, QueueFull
 from server.contexts import ContextBuilder, longest_token_chars, strip_thinking
 from server.engines.base import GenerateItem, GenerateOutput, TeacherEngine
 from server.errors import ServiceError
@@ -378,6 +379,7 @@ async def reflect_rollouts(
     seed: int = 0,
     templates: Any = None,
     select: Sequence[Sequence[bool]] | None = None,
+    generate: Callable[[list[GenerateItem]], Awaitable[list[GenerateOutput]]] | None = None,
 ) -> list[list[Reflection | None]]:
     """One ``Reflection`` per rollout, groups in order, all generated in one engine batch.
 
@@ -389,6 +391,8 @@ async def reflect_rollouts(
     ``seed``, same texts for the selected ones whatever is selected. Takes no weights lease: the caller holds
     ``runtime.gate.reading(...)`` around it. Raises ``ServiceError`` 422 naming
     ``max_tokens``, ``groups[g].problem`` or ``groups[g].rollouts[i]`` when a prompt cannot fit.
+    ``generate``: where the prompts go; the server passes ``Batcher.generate`` (queue, 429,
+    ``TC_MAX_GENERATE_TOKENS``, scoring first); ``engine.generate`` when left out.
     """
     builder = PromptBuilder(engine.tokenizer, engine.info.max_model_len, max_tokens)
     jobs = builder.build(groups, seed, templates, select)
@@ -403,7 +407,8 @@ async def reflect_rollouts(
         )
         for job in jobs
     ]
-    outputs: list[GenerateOutput] = await engine.generate(items) if items else []
+    generate = generate or engine.generate
+    outputs: list[GenerateOutput] = await generate(items) if items else []
     answers = [leak_answers(g) for g in groups]
     out: list[list[Reflection | None]] = [[None] * len(_get(g, "rollouts") or ()) for g in groups]
     for job, gen in zip(jobs, outputs):
@@ -424,9 +429,23 @@ async def reflect_rollouts(
     return out
 
 
+def admitted(batcher: Batcher) -> Callable[[list[GenerateItem]], Awaitable[list[GenerateOutput]]]:
+    """``batcher.generate`` with a full queue turned into 429 + ``Retry-After`` (as scoring)."""
+
+    async def generate(items: list[GenerateItem]) -> list[GenerateOutput]:
+        try:
+            return await batcher.generate(items)
+        except QueueFull as exc:
+            raise ServiceError(
+                429, str(exc), headers={"Retry-After": str(int(exc.retry_after))}
+            ) from exc
+
+    return generate
+
+
 async def hints(runtime: Runtime, request: HintsRequest) -> dict[str, Any]:
     """``POST /v1/hints``: reflections for every rollout under one weights version."""
-    engine, _ = runtime.require_engine()
+    engine, batcher = runtime.require_engine()
     async with runtime.gate.reading(request.min_weights_version) as version:
         groups = await reflect_rollouts(
             engine,
@@ -435,6 +454,7 @@ async def hints(runtime: Runtime, request: HintsRequest) -> dict[str, Any]:
             temperature=request.temperature,
             seed=request.seed,
             templates=request.templates,
+            generate=admitted(batcher),
         )
     return {
         "weights_version": version,

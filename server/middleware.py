@@ -12,6 +12,7 @@ traceback of an unhandled error, whose 500 body names the id to search for.
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import json
 import logging
@@ -48,10 +49,18 @@ class _BodyTooLarge(Exception):
 
 
 class ServiceMiddleware:
-    def __init__(self, app, metrics: Metrics, max_body_bytes: int):
+    def __init__(
+        self,
+        app,
+        metrics: Metrics,
+        max_body_bytes: int,
+        path_limits: dict[str, tuple[int, str]] | None = None,
+    ):
         self.app = app
         self.metrics = metrics
         self.max_body_bytes = max_body_bytes
+        # path -> (smaller body limit, the setting that sets it), e.g. the text routes
+        self.path_limits = path_limits or {}
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -61,13 +70,15 @@ class ServiceMiddleware:
         token = request_id_var.set(request_id)
         started = time.perf_counter()
         status = 500
-        limit = self.max_body_bytes
+        limit, setting = self.path_limits.get(
+            scope.get("path", ""), (self.max_body_bytes, "TC_MAX_BODY_BYTES")
+        )
 
         declared = headers.get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
             status = 413
             await self._send_error(
-                send, 413, request_id, f"request body over {limit} bytes (TC_MAX_BODY_BYTES)"
+                send, 413, request_id, f"request body over {limit} bytes ({setting})"
             )
             self._observe(scope, status, started, received=0)
             request_id_var.reset(token)
@@ -92,7 +103,7 @@ class ServiceMiddleware:
                             send,
                             413,
                             request_id,
-                            f"request body over {limit} bytes (TC_MAX_BODY_BYTES)",
+                            f"request body over {limit} bytes ({setting})",
                         )
                     raise _BodyTooLarge
             return message
@@ -117,6 +128,21 @@ class ServiceMiddleware:
             await self.app(scope, limited_receive, send_with_id)
         except _BodyTooLarge:
             pass  # the 413 was sent by limited_receive (or a response had already started)
+        except asyncio.CancelledError:
+            # uvicorn cancels what outlives --timeout-graceful-shutdown (TC_DRAIN_SECONDS) and
+            # would answer a text/plain 500: answer the JSON 503 of API.md instead.
+            if response_started or rejected:
+                raise
+            status = 503
+            await self._send_error(
+                send,
+                503,
+                request_id,
+                "server shut down before this request finished (TC_DRAIN_SECONDS); retry "
+                "on another replica",
+                type="shutting_down",
+                headers=[(b"retry-after", b"1")],
+            )
         except Exception:
             # Caught here, inside the request's context, so the traceback carries the request id
             # (the framework's own handler runs outside it and logs the error a second time).
@@ -156,7 +182,12 @@ class ServiceMiddleware:
 
     @staticmethod
     async def _send_error(
-        send, status: int, request_id: str, message: str, type: str = "payload_too_large"
+        send,
+        status: int,
+        request_id: str,
+        message: str,
+        type: str = "payload_too_large",
+        headers: list[tuple[bytes, bytes]] | None = None,
     ) -> None:
         body = json.dumps(error_body(type, message)).encode()
         await send(
@@ -168,6 +199,7 @@ class ServiceMiddleware:
                     (b"content-length", str(len(body)).encode()),
                     (b"x-request-id", request_id.encode("latin-1")),
                     (b"connection", b"close"),
+                    *(headers or []),
                 ],
             }
         )

@@ -60,6 +60,8 @@ class Runtime:
             max_batch_tokens=self.settings.max_batch_tokens,
             max_queue=self.settings.max_queue,
             batch_wait_ms=self.settings.batch_wait_ms,
+            max_request_tokens=self.settings.max_request_tokens,
+            max_generate_tokens=self.settings.max_generate_tokens,
         )
         batcher.start()
         self.batcher = batcher

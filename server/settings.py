@@ -43,6 +43,14 @@ class Settings(BaseSettings):
     batch_wait_ms: float = Field(default=2.0, ge=0.0)
     # Largest request body in bytes (413 above it).
     max_body_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
+    # Largest body of the text routes (/v1/tokenize, /v1/hints, /get_reward): they parse and
+    # tokenize caller text, so their bound is what keeps one request from holding the process.
+    max_text_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+    # Most tokens one scoring request may have scored (context + target, summed; 413 above).
+    max_request_tokens: int = Field(default=1024 * 1024, ge=1)
+    # Most tokens one request may generate (max_tokens summed over its hints/reflections; 413
+    # above): 512 reflections of 256 tokens, an AMR-SD step of 64 groups x 8 rollouts.
+    max_generate_tokens: int = Field(default=512 * 256, ge=1)
 
     # ---- Security -------------------------------------------------------------------------
     # Comma-separated API keys; empty runs the server open (a warning is logged at start).

@@ -4,7 +4,8 @@ Every request holds a read lease for its whole duration (student scoring, teache
 hint generation of one request all see one version). A swap first loads the new checkpoint
 beside the old one (no lease needed, serving goes on), then waits for in-flight requests to
 finish while holding new ones back, installs the new weights, bumps the version and lets traffic
-resume. A failed load changes nothing.
+resume. A failed load changes nothing, and a checkpoint with a non-float or non-finite tensor is
+refused before the engine loads it (``check_tensors``).
 """
 
 from __future__ import annotations
@@ -38,6 +39,41 @@ def resolve_weights_path(root: str, path: str) -> Path:
             422, f"weights path {path!r} is not a folder under TC_WEIGHTS_ROOT", field="path"
         )
     return candidate
+
+
+FLOAT_DTYPES = ("F64", "F32", "F16", "BF16")
+
+
+def check_tensors(folder: str) -> None:
+    """Every tensor of the folder's ``*.safetensors`` is floating point and finite.
+
+    transformers casts an int32 checkpoint to the serving dtype without a word, and a NaN
+    checkpoint loads fine: both would then serve garbage or NaN under a new weights_version.
+    Read one tensor at a time (memory: the largest tensor, not the checkpoint).
+    """
+    import torch
+    from safetensors import SafetensorError, safe_open
+
+    files = sorted(Path(folder).glob("*.safetensors"))
+    for file in files:
+        try:
+            with safe_open(str(file), framework="pt") as f:
+                for name in f.keys():  # noqa: SIM118 - safe_open is no mapping
+                    dtype = f.get_slice(name).get_dtype()
+                    if dtype not in FLOAT_DTYPES:
+                        raise WeightsError(
+                            f"{file.name}: tensor {name} is {dtype}; weights must be floating "
+                            f"point ({', '.join(FLOAT_DTYPES)})"
+                        )
+                    tensor = f.get_tensor(name)
+                    if not bool(torch.isfinite(tensor).all()):
+                        bad = int((~torch.isfinite(tensor)).sum())
+                        raise WeightsError(
+                            f"{file.name}: tensor {name} has {bad} non-finite values (NaN or "
+                            "Infinity) of " + str(tensor.numel())
+                        )
+        except (SafetensorError, OSError) as exc:
+            raise WeightsError(f"{file.name} is not a readable safetensors file: {exc}") from exc
 
 
 class WeightsGate:
@@ -81,6 +117,7 @@ class WeightsGate:
                 )
             started = time.perf_counter()
             try:
+                await asyncio.to_thread(check_tensors, path)  # before any engine sees them
                 prepared = await engine.prepare_weights(path)
             except WeightsError as exc:
                 raise ServiceError(422, str(exc), type="weights_load_failed", field="path") from exc

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from fastapi import APIRouter, Depends, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -75,11 +77,14 @@ async def model_info(request: Request) -> ModelInfo:
 async def tokenize(request: Request, body: TokenizeRequest) -> TokenizeResponse:
     engine, _ = request.app.state.runtime.require_engine()
     tokenizer = engine.tokenizer
+    # Off the event loop: a few MB of text take seconds to tokenize.
     if body.text is not None:
-        return TokenizeResponse(ids=tokenizer.encode(body.text, add_special_tokens=False))
+        ids = await asyncio.to_thread(tokenizer.encode, body.text, add_special_tokens=False)
+        return TokenizeResponse(ids=ids)
     messages = [m.model_dump() for m in body.messages]
     try:
-        ids = tokenizer.apply_chat_template(
+        ids = await asyncio.to_thread(
+            tokenizer.apply_chat_template,
             messages,
             tokenize=True,
             add_generation_prompt=body.add_generation_prompt,
