@@ -6,11 +6,12 @@ queued: a lone request never waits), packs jobs until ``max_batch_tokens`` is re
 least one job, so an oversized request still runs; the engine splits it), and resolves every
 job's future with its slice of the results.
 
-Generation (``/v1/hints``, AMR-SD reflections) is admitted the same way and runs on the same
-loop, one slice at a time: a slice is as many of the job's items as fit ``max_batch_tokens``
-(prompt + ``max_tokens`` each, at least one item), and queued scoring batches always run before
-the next slice. So a long generation request delays a small scoring call by about one slice, not
-by the whole request, and the engine never runs two things at once.
+Generation (``/v1/hints``, AMR-SD reflections) is admitted the same way but runs in its own
+lane, one job at a time, beside scoring: scoring batches never wait behind a generation (a long
+one would hold them for its whole length), and generation jobs wait for each other, bounded by
+the same queue. A job is generated in slices of ``max_batch_tokens`` (prompt + ``max_tokens``
+per item, at least one item), so a client that went away stops costing the engine after the
+current slice.
 
 Admission. Jobs waiting (scoring and generation together; the generation job being sliced is
 running, not waiting) are bounded by ``max_queue``: a full queue raises ``QueueFull``, which the
@@ -103,18 +104,24 @@ class Batcher:
         self._generate_queue: deque[_GenerateJob] = deque()
         self._generating: _GenerateJob | None = None  # the job being sliced
         self._wakeup = asyncio.Event()
+        self._generate_wakeup = asyncio.Event()
         self._task: asyncio.Task | None = None
+        self._generate_task: asyncio.Task | None = None
         self._tokens_per_second = 20_000.0  # refined from measured batches, for Retry-After
         self._generated_per_second = 200.0  # generated tokens, refined from measured slices
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="tokencredit-batcher")
+        self._generate_task = asyncio.create_task(
+            self._run_generation(), name="tokencredit-generation"
+        )
 
     async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        for task in (self._task, self._generate_task):
+            if task:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         pending = [*self._queue, *self._generate_queue]
         if self._generating is not None:
             pending.append(self._generating)
@@ -182,17 +189,14 @@ class Batcher:
         job = _GenerateJob(items, asyncio.get_running_loop().create_future())
         self._generate_queue.append(job)
         self._set_depth()
-        self._wakeup.set()
+        self._generate_wakeup.set()
         return await job.future
 
     async def _run(self) -> None:
         while True:
-            if not self._queue and not self._generate_queue and self._generating is None:
+            if not self._queue:
                 self._wakeup.clear()
                 await self._wakeup.wait()
-            if not self._queue:
-                await self._generate_slice()
-                continue
             if self.batch_wait > 0 and self._more_may_arrive():
                 await asyncio.sleep(self.batch_wait)  # let concurrent requests arrive
             jobs = [self._queue.popleft()]
@@ -205,6 +209,13 @@ class Batcher:
             jobs = [job for job in jobs if not job.future.cancelled()]  # client went away
             if jobs:
                 await self._run_batch(jobs, tokens)
+
+    async def _run_generation(self) -> None:
+        while True:
+            if not self._generate_queue and self._generating is None:
+                self._generate_wakeup.clear()
+                await self._generate_wakeup.wait()
+            await self._generate_slice()
 
     async def _generate_slice(self) -> None:
         """One slice of the current generation job (starting the next one if none runs)."""

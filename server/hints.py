@@ -51,6 +51,7 @@ Pipeline, per request (``POST /v1/hints``) or per AMR-SD advantages call (``refl
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import random
@@ -370,6 +371,24 @@ def parse_reflection(
     return Reflection(kind=kind, text=inner, peer_index=peer_index, reason=reason)
 
 
+def parse_outputs(
+    tokenizer, groups: Sequence[Any], jobs: list[ReflectionJob], outputs: list[GenerateOutput]
+) -> list[list[Reflection | None]]:
+    """Decode and parse every generation into its rollout's slot (None where none was asked)."""
+    answers = [leak_answers(g) for g in groups]
+    out: list[list[Reflection | None]] = [[None] * len(_get(g, "rollouts") or ()) for g in groups]
+    for job, gen in zip(jobs, outputs):
+        text = tokenizer.decode(gen.token_ids, skip_special_tokens=True)
+        out[job.group][job.index] = parse_reflection(
+            text,
+            job.kind,
+            gen.finish_reason,
+            answers=answers[job.group],
+            peer_index=job.peer_index,
+        )
+    return out
+
+
 async def reflect_rollouts(
     engine: TeacherEngine,
     groups: Sequence[Any],
@@ -395,7 +414,9 @@ async def reflect_rollouts(
     ``TC_MAX_GENERATE_TOKENS``, scoring first); ``engine.generate`` when left out.
     """
     builder = PromptBuilder(engine.tokenizer, engine.info.max_model_len, max_tokens)
-    jobs = builder.build(groups, seed, templates, select)
+    # Tokenizing caller text and the leak checks run in worker threads: megabytes of text take
+    # seconds, which on the event loop would stall every other request and /healthz.
+    jobs = await asyncio.to_thread(builder.build, groups, seed, templates, select)
     stops = stop_ids(engine.tokenizer)
     items = [
         GenerateItem(
@@ -409,17 +430,7 @@ async def reflect_rollouts(
     ]
     generate = generate or engine.generate
     outputs: list[GenerateOutput] = await generate(items) if items else []
-    answers = [leak_answers(g) for g in groups]
-    out: list[list[Reflection | None]] = [[None] * len(_get(g, "rollouts") or ()) for g in groups]
-    for job, gen in zip(jobs, outputs):
-        text = engine.tokenizer.decode(gen.token_ids, skip_special_tokens=True)
-        out[job.group][job.index] = parse_reflection(
-            text,
-            job.kind,
-            gen.finish_reason,
-            answers=answers[job.group],
-            peer_index=job.peer_index,
-        )
+    out = await asyncio.to_thread(parse_outputs, engine.tokenizer, groups, jobs, outputs)
     n = len(jobs)
     if n:
         reasons: dict[str, int] = {}
