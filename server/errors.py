@@ -31,6 +31,7 @@ HTTP_TYPES = {
     415: "unsupported_media_type",
     422: "validation_error",
     429: "queue_full",
+    431: "headers_too_large",
     503: "unavailable",
 }
 

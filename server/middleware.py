@@ -44,6 +44,12 @@ class RequestIdFilter(logging.Filter):
         return True
 
 
+# Header limits (431). uvicorn's --h11-max-incomplete-event-size bounds what it buffers while
+# headers arrive; a complete header block that came in one read is checked here.
+MAX_HEADERS = 100
+MAX_HEADER_BYTES = 32 * 1024
+
+
 class _BodyTooLarge(Exception):
     pass
 
@@ -73,6 +79,22 @@ class ServiceMiddleware:
         limit, setting = self.path_limits.get(
             scope.get("path", ""), (self.max_body_bytes, "TC_MAX_BODY_BYTES")
         )
+
+        raw_headers = scope.get("headers") or []
+        if len(raw_headers) > MAX_HEADERS or sum(len(k) + len(v) for k, v in raw_headers) > (
+            MAX_HEADER_BYTES
+        ):
+            status = 431
+            await self._send_error(
+                send,
+                431,
+                request_id,
+                f"at most {MAX_HEADERS} headers of {MAX_HEADER_BYTES} bytes together",
+                type="headers_too_large",
+            )
+            self._observe(scope, status, started)
+            request_id_var.reset(token)
+            return
 
         declared = headers.get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:

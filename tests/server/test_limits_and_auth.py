@@ -5,6 +5,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 
 import httpx
+import pytest
 
 
 def bearer(key):
@@ -70,3 +71,127 @@ def test_full_queue_answers_429_with_retry_after(strict_server):
     limited = next(r for r in responses if r.status_code == 429)
     assert int(limited.headers["retry-after"]) >= 1
     assert limited.json()["error"]["type"] == "queue_full"
+
+
+# ---- admission for generation, token caps, per-route body limits (a server of its own) ---------
+
+LIMITS = {
+    "TC_MAX_QUEUE": "1",
+    "TC_MAX_GENERATE_TOKENS": "256",
+    "TC_MAX_REQUEST_TOKENS": "4096",
+    "TC_MAX_TEXT_BODY_BYTES": "65536",
+    "TC_BATCH_WAIT_MS": "0",
+}
+
+
+@pytest.fixture(scope="module")
+def limits_server(tmp_path_factory):
+    from tests.conftest import start_server
+
+    proc = start_server(tmp_path_factory, "server-limits", LIMITS)
+    yield proc
+    proc.stop()
+
+
+def hints_body(rollouts: int, max_tokens: int) -> dict:
+    return {
+        "groups": [
+            {
+                "problem": "What is 12+7-5?",
+                "rollouts": [
+                    {"text": f"12+7=19. 19-5={14 + i % 2}.", "correct": i % 2 == 0}
+                    for i in range(rollouts)
+                ],
+            }
+        ],
+        "max_tokens": max_tokens,
+        "temperature": 0.7,
+    }
+
+
+def test_generation_is_admitted_like_scoring(limits_server):
+    """TC_MAX_QUEUE=1: of 8 concurrent /v1/hints calls some wait their turn and the rest get 429
+    with Retry-After (all 8 were accepted before generation went through the queue)."""
+    body = hints_body(rollouts=4, max_tokens=64)
+
+    def send(_):
+        return httpx.post(limits_server.url + "/v1/hints", json=body, timeout=300)
+
+    with cf.ThreadPoolExecutor(8) as pool:
+        responses = list(pool.map(send, range(8)))
+    codes = [r.status_code for r in responses]
+    assert set(codes) <= {200, 429}, [r.text[:200] for r in responses]
+    assert 429 in codes and 200 in codes, codes
+    limited = next(r for r in responses if r.status_code == 429)
+    assert int(limited.headers["retry-after"]) >= 1
+    assert limited.json()["error"]["type"] == "queue_full"
+
+
+def test_generated_tokens_per_request_are_capped(limits_server):
+    # 8 rollouts x 64 tokens = 512 > TC_MAX_GENERATE_TOKENS=256
+    res = httpx.post(limits_server.url + "/v1/hints", json=hints_body(8, 64), timeout=120)
+    assert res.status_code == 413, res.text
+    error = res.json()["error"]
+    assert error["type"] == "too_many_tokens" and error["field"] == "max_tokens"
+    assert "TC_MAX_GENERATE_TOKENS" in error["message"]
+    # AMR-SD writes its reflections through the same gate (reflection_max_tokens 64 x 8 rollouts)
+    body = {
+        "method": "amrsd",
+        "params": {"reflection_max_tokens": 64},
+        "groups": [
+            {
+                "problem": "What is 12+7-5?",
+                "rollouts": [{"response_ids": [20, 21], "reward": float(i % 2)} for i in range(8)],
+            }
+        ],
+    }
+    res = httpx.post(limits_server.url + "/v1/advantages", json=body, timeout=120)
+    assert res.status_code == 413, res.text
+    assert res.json()["error"]["type"] == "too_many_tokens"
+
+
+def test_scored_tokens_per_request_are_capped(limits_server):
+    seq = {"context_ids": [1] * 500, "target_ids": [2] * 100}
+    res = httpx.post(
+        limits_server.url + "/v1/logprobs", json={"sequences": [seq] * 7}, timeout=120
+    )  # 4200 tokens > 4096
+    assert res.status_code == 413, res.text
+    assert res.json()["error"]["type"] == "too_many_tokens"
+    assert "TC_MAX_REQUEST_TOKENS" in res.json()["error"]["message"]
+    res = httpx.post(limits_server.url + "/v1/logprobs", json={"sequences": [seq] * 6}, timeout=120)
+    assert res.status_code == 200, res.text
+
+
+def test_text_routes_have_their_own_body_limit(limits_server):
+    text = "12+34=46 " * 8000  # 72 KB: over TC_MAX_TEXT_BODY_BYTES, far under TC_MAX_BODY_BYTES
+    for path, body in (
+        ("/v1/tokenize", {"text": text}),
+        ("/get_reward", {"query": [text], "labels": ["46"]}),
+        ("/v1/hints", {**hints_body(1, 4), "groups": [{"problem": text, "rollouts": []}]}),
+    ):
+        res = httpx.post(limits_server.url + path, json=body, timeout=60)
+        assert res.status_code == 413, (path, res.text[:300])
+        assert "TC_MAX_TEXT_BODY_BYTES" in res.json()["error"]["message"]
+    # the scoring routes keep the general limit
+    seq = {"context_ids": [1] * 10_000, "target_ids": [2]}
+    res = httpx.post(limits_server.url + "/v1/logprobs", json={"sequences": [seq]}, timeout=60)
+    assert res.status_code != 413, res.text[:300]
+
+
+def test_oversized_headers_are_refused(limits_server):
+    """Too many or too large headers: a JSON 431 (server/middleware.py); a header block beyond
+    what uvicorn buffers (--h11-max-incomplete-event-size, server/launcher.py) is cut off."""
+    url = limits_server.url + "/healthz"
+    for headers in (
+        {f"x-pad-{i}": "a" for i in range(150)},  # 150 headers
+        {f"x-pad-{i}": "a" * 1000 for i in range(40)},  # 40 KB
+    ):
+        res = httpx.get(url, headers=headers, timeout=30)
+        assert res.status_code == 431, res.status_code
+        assert res.json()["error"]["type"] == "headers_too_large"
+    try:
+        res = httpx.get(url, headers={"x-pad": "a" * 2_000_000}, timeout=30)
+        assert 400 <= res.status_code < 500, res.status_code
+    except httpx.TransportError:
+        pass  # the server closed the connection (reset while sending): also refused
+    assert httpx.get(url, headers={"x-ok": "a" * 1000}, timeout=30).status_code == 200
