@@ -59,9 +59,11 @@ _SPACES = re.compile(r"\s*")
 _NONSPACE = re.compile(r"\S")
 # A number as written in text: thousands-separated or plain digits, decimals.
 _NUM = r"(?:\d{1,3}(?:(?:,|\{,\})\d{3})+|\d+)(?:\.\d+)?|\.\d+"
+# "(?=(\s*))\1" is an atomic "\s*" (Python < 3.11 has no possessive quantifiers): a whitespace
+# run is consumed once and never given back. "\s*:?\s*" split a run of n spaces n ways
+# (quadratic: 20,000 spaces took 23 s), and even one backtracking "\s*" rescans the run.
 _ANSWER_PHRASE = re.compile(
-    # "\s*(?::\s*)?", not "\s*:?\s*": two adjacent \s* split a run of n spaces n ways (quadratic)
-    r"answer\s*(?:is|:|=|would\s+be|should\s+be)\s*(?::\s*)?"
+    r"answer(?=(\s*))\1(?:is|:|=|would\s+be|should\s+be)(?=(\s*))\2(?::(?=(\s*))\3)?"
     r"(?P<ans>\$[^$\n]{1,80}\$"  # $...$
     r"|\\\([^\n]{1,80}?\\\)"  # \(...\)
     r"|[-−]?(?:" + _NUM + r")(?:\s*/\s*\d+)?(?![\d,])"  # 1,000 / -3.5 / 1/2
@@ -103,22 +105,22 @@ def brace_matches(text: str) -> dict[int, int]:
 
 
 def extract_boxed(text: str, pairs: dict[int, int] | None = None) -> list[str]:
-    """Contents of every ``\\boxed{...}`` / ``\\fbox{...}`` in order, nested braces respected.
+    """Contents of every outermost ``\\boxed{...}`` / ``\\fbox{...}`` in order, nested braces
+    respected (a box inside a box stays in its outer box's text: returning both would copy
+    nested text once per level, quadratic memory on ``\\boxed{`` repeated).
 
     Empty boxes (a prompt's "put your final answer within \\boxed{}") and unclosed ones are skipped.
     ``pairs``: ``brace_matches(text)`` when the caller has it already.
     """
-    out = []
-    boxes = list(_BOXED.finditer(text))
-    if not boxes:
-        return out
-    pairs = brace_matches(text) if pairs is None else pairs
-    for m in boxes:
+    out: list[str] = []
+    covered = -1  # end of the last box taken: boxes starting before it are nested in it
+    for m in _BOXED.finditer(text):  # lazily: no list of every match held at once
+        if pairs is None:
+            pairs = brace_matches(text)
         close = pairs.get(m.end() - 1)
-        if close is not None:
-            inner = text[m.end() : close].strip()
-            if inner:
-                out.append(inner)
+        if close is not None and m.start() > covered and _NONSPACE.search(text, m.end(), close):
+            out.append(text[m.end() : close].strip())
+            covered = close
     return out
 
 
@@ -139,6 +141,24 @@ def strip_thinking(text: str) -> str:
     return "".join(parts).strip()
 
 
+def _last_answer_phrase(text: str) -> re.Match | None:
+    """The last "answer is X" match (as ``finditer`` would find them). Candidates come from
+    ``str.find`` on the lower-cased text: a regex search over megabytes without a match is one
+    long C call that holds the GIL, ``find`` is a fast scan and the loop yields between calls."""
+    lower = text.lower()
+    if len(lower) != len(text):  # a character whose lower case is longer: indices differ
+        return next(reversed(list(_ANSWER_PHRASE.finditer(text))), None)
+    last, pos = None, lower.find("answer")
+    while pos >= 0:
+        m = _ANSWER_PHRASE.match(text, pos)
+        if m is not None:
+            last, pos = m, m.end()
+        else:
+            pos += 1
+        pos = lower.find("answer", pos)
+    return last
+
+
 def extract_final_answer(text: str | None, *, last_number: bool = False) -> str | None:
     """The final answer a solution states, as written (not normalised), or None.
 
@@ -150,9 +170,9 @@ def extract_final_answer(text: str | None, *, last_number: bool = False) -> str 
     boxed = extract_boxed(text)
     if boxed:
         return boxed[-1]
-    phrases = list(_ANSWER_PHRASE.finditer(text))
-    if phrases:
-        ans = phrases[-1].group("ans").strip().rstrip(".")
+    phrase = _last_answer_phrase(text)
+    if phrase is not None:
+        ans = phrase.group("ans").strip().rstrip(".")
         if ans.startswith("$") and ans.endswith("$"):
             ans = ans.strip("$").strip()
         elif ans.startswith("\\(") and ans.endswith("\\)"):

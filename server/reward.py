@@ -24,8 +24,11 @@ from server.answers import answers_match, extract_final_answer
 from server.errors import ServiceError
 
 # Chat-template control tokens that OpenRLHF leaves in the query (it decodes with
-# skip_special_tokens=False): <|im_end|>, <|endoftext|>, <|eot_id|>, </s>, <eos>.
-SPECIAL_TOKEN = re.compile(r"<\|[^|<>\s]{1,40}\|>|</s>|<eos>|<end_of_turn>")
+# skip_special_tokens=False): <|im_end|>, <|endoftext|>, <|eot_id|>, </s>, <eos>. The pattern
+# starts with a literal "<|" (a fast C search) and the others are plain replaces: one alternation
+# of all of them tried each position of a 4 MB query for seconds, holding the GIL.
+SPECIAL_TOKEN = re.compile(r"<\|[^|<>\s]{1,40}\|>")
+LITERAL_SPECIAL_TOKENS = ("</s>", "<eos>", "<end_of_turn>")
 
 
 def response_text(query: str, prompt: str | None) -> str:
@@ -41,7 +44,10 @@ def response_text(query: str, prompt: str | None) -> str:
             query = query[len(prompt) :]
         else:
             query = query[len(os.path.commonprefix([query, prompt])) :]  # noqa: RUF071 - strings
-    return SPECIAL_TOKEN.sub(" ", query)
+    query = SPECIAL_TOKEN.sub(" ", query)
+    for token in LITERAL_SPECIAL_TOKENS:
+        query = query.replace(token, " ")
+    return query
 
 
 def label_answer(value: Any, index: int) -> str:

@@ -44,8 +44,9 @@ class Settings(BaseSettings):
     # Largest request body in bytes (413 above it).
     max_body_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
     # Largest body of the text routes (/v1/tokenize, /v1/hints, /get_reward): they parse and
-    # tokenize caller text, so their bound is what keeps one request from holding the process.
-    max_text_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+    # tokenize caller text, and a regex scan of a few MB holds the GIL for a good part of a
+    # second, so this bound keeps /healthz under 1 s (docs/reliability.md).
+    max_text_body_bytes: int = Field(default=1024 * 1024, ge=1024)
     # Most tokens one scoring request may have scored (context + target, summed; 413 above).
     max_request_tokens: int = Field(default=1024 * 1024, ge=1)
     # Most tokens one request may generate (max_tokens summed over its hints/reflections; 413

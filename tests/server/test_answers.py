@@ -169,7 +169,8 @@ def test_mentions_answer_without_gold():
 # Each input below took quadratic time (or crashed) before: 20,000 spaces after "answer is" froze
 # the server for 23 s. At a million characters quadratic code runs for hours and linear code for
 # well under a second, so a generous deadline cannot be missed by load alone. Each call runs in
-# a forked child so that a regression fails the test at the deadline instead of hanging it.
+# a forked child, so that a regression fails the test at the deadline instead of hanging it, and
+# with 2 GiB of address space, so quadratic memory (one copy per nested box) fails it too.
 
 N = 1_000_000
 DEADLINE_S = 20.0
@@ -196,6 +197,14 @@ HOSTILE_TEXT = {
     "spaces around ':' after 'answer'": (extract_final_answer, "answer" + " " * N + ":" + " " * N),
     "unclosed \\boxed{ repeated": (extract_final_answer, "\\boxed{" * (N // 7)),
     "nested \\boxed{ closed": (normalize_answer, "\\boxed{" * (N // 7) + "1" + "}" * (N // 7)),
+    "nested \\boxed{ closed, extracted": (
+        extract_final_answer,
+        "\\boxed{" * (N // 7) + "1" + "}" * (N // 7),
+    ),
+    "nested \\boxed{ closed (leak check)": (
+        _mentions_42,
+        "\\boxed{" * (N // 7) + "1" + "}" * (N // 7),
+    ),
     "unclosed <think> repeated": (strip_thinking, "<think>" * (N // 7)),
     "<think> closed once at the end": (strip_thinking, "<think>" * (N // 7) + "</think>"),
     "$ wrappers": (normalize_answer, "$" * N),
@@ -211,7 +220,13 @@ HOSTILE_TEXT = {
 }
 
 
+CHILD_MEMORY_BYTES = 2 * 2**30  # quadratic copies fail with MemoryError, not the machine's OOM
+
+
 def _call_in_child(fn, text, conn):
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_AS, (CHILD_MEMORY_BYTES, CHILD_MEMORY_BYTES))
     try:
         fn(text)
         conn.send(None)
@@ -257,3 +272,6 @@ def test_nested_and_wrapped_boxes_unwrap():
     assert normalize_answer("$\\boxed{\\boxed{ 14 }}$") == "14"
     assert normalize_answer("\\boxed{1} + \\boxed{2}") != "1"
     assert extract_boxed("\\boxed{a{b}c} \\boxed{d") == ["a{b}c"]
+    assert extract_boxed("\\boxed{\\boxed{3}} \\boxed{4}") == ["\\boxed{3}", "4"]  # outermost
+    assert extract_final_answer("so \\boxed{\\boxed{3}}") == "\\boxed{3}"
+    assert answers_match(extract_final_answer("so \\boxed{\\boxed{3}}"), "3")
