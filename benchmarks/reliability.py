@@ -3,6 +3,7 @@ killed (SIGKILL) under the client's failover.
 
     python benchmarks/reliability.py --clients 64 --seconds 30 --queue 16
     python benchmarks/reliability.py --model /tmp/tiny --clients 16 --seconds 5    # a quick look
+    python benchmarks/reliability.py --skip-load --skip-fault --flood-seconds 30   # flood only
 
 Two scenarios, each on real uvicorn servers on real ports (``client.launcher.ServerProcess``):
 
@@ -16,6 +17,11 @@ Two scenarios, each on real uvicorn servers on real ports (``client.launcher.Ser
   ``--fault-concurrency`` threads; once a third of them are done and a request is in flight on
   ``b``, ``b`` is SIGKILLed. Every call must complete with the numbers of a clean single-server
   run (``atol`` 1e-5): requests lost = calls that raised or never returned.
+
+* **flood**: small ``/v1/logprobs`` calls from one client, alone and then while
+  ``--flood-clients`` clients send ``/v1/hints`` (8 rollouts x 64 tokens) back to back:
+  scoring p50/p99 in both phases (generation is admitted like scoring but runs in its own lane,
+  so scoring is not starved; server/batcher.py).
 
 Prints one table row per scenario: requests, errors, 429s, p50/p99 latency of the 200s,
 throughput, peak RSS (and its growth over the warm server), requests lost. The tests in
@@ -52,6 +58,50 @@ from server.settings import DEFAULT_MODEL_DIR
 
 JSON = {"Content-Type": "application/json"}
 KEEPALIVE_EXPIRY = float(os.environ.get("TC_BENCH_KEEPALIVE_EXPIRY", "2.0"))  # seconds
+
+# ---- health latency ------------------------------------------------------------------------------
+
+HEALTH_PROBE_TIMEOUT_S = 10.0  # a health answer slower than this (or failed) counts as this
+
+
+class HealthProber:
+    """Asks /healthz every 50 ms until stopped; ``worst`` is the slowest answer in seconds."""
+
+    def __init__(self, url: str):
+        self.url = url + "/healthz"
+        self.worst = 0.0
+        self.count = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        with httpx.Client(timeout=HEALTH_PROBE_TIMEOUT_S) as client:
+            while not self._stop.is_set():
+                started = time.perf_counter()
+                try:
+                    ok = client.get(self.url).status_code == 200
+                except httpx.HTTPError:
+                    ok = False
+                took = time.perf_counter() - started
+                self.worst = max(self.worst, took if ok else HEALTH_PROBE_TIMEOUT_S)
+                self.count += 1
+                self._stop.wait(0.05)
+
+    def __enter__(self) -> HealthProber:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def idle_health_worst(url: str, seconds: float = 1.0) -> float:
+    """The slowest /healthz answer of the idle server over ``seconds`` (the machine's noise)."""
+    with HealthProber(url) as prober:
+        time.sleep(seconds)
+    return prober.worst
+
 
 # ---- the workload ------------------------------------------------------------------------------
 
@@ -533,6 +583,92 @@ def run_fault(
 # ---- command line ------------------------------------------------------------------------------
 
 
+# ---- scoring during a generation flood -----------------------------------------------------------
+
+
+def hints_request(rollouts: int, max_tokens: int) -> dict[str, Any]:
+    return {
+        "groups": [
+            {
+                "problem": "What is 12+7-5?",
+                "rollouts": [
+                    {"text": f"12+7=19. 19-5={14 + i % 2}.", "correct": i % 2 == 0}
+                    for i in range(rollouts)
+                ],
+            }
+        ],
+        "max_tokens": max_tokens,
+        "temperature": 0.7,
+    }
+
+
+SMALL_SCORE = {"sequences": [{"context_ids": [1, 2, 3, 4, 5, 6, 7, 8], "target_ids": [9, 10]}]}
+
+
+def _score_latencies(url: str, seconds: float) -> tuple[list[float], list[int]]:
+    """One client sending small /v1/logprobs calls back to back for ``seconds``."""
+    latencies, codes = [], []
+    deadline = time.monotonic() + seconds
+    with httpx.Client(timeout=120.0) as client:
+        while time.monotonic() < deadline:
+            started = time.perf_counter()
+            res = client.post(url + "/v1/logprobs", json=SMALL_SCORE)
+            codes.append(res.status_code)
+            if res.status_code == 200:
+                latencies.append(time.perf_counter() - started)
+    return latencies, codes
+
+
+def run_generation_flood(
+    url: str,
+    *,
+    seconds: float,
+    hint_clients: int,
+    rollouts: int,
+    max_tokens: int,
+) -> dict[str, Any]:
+    """Small scoring calls alone for ``seconds / 2``, then for ``seconds`` while ``hint_clients``
+    clients send /v1/hints (``rollouts`` x ``max_tokens``) back to back: p50/p99 of the scoring
+    calls in both phases, the hints' status counts, and any answer that is neither 200 nor 429."""
+    alone, alone_codes = _score_latencies(url, seconds / 2)
+    stop = threading.Event()
+    hint_codes: dict[int, int] = {}
+    lock = threading.Lock()
+
+    def flood() -> None:
+        body = hints_request(rollouts, max_tokens)
+        with httpx.Client(timeout=600.0) as client:
+            while not stop.is_set():
+                code = client.post(url + "/v1/hints", json=body).status_code
+                with lock:
+                    hint_codes[code] = hint_codes.get(code, 0) + 1
+                if code == 429:
+                    stop.wait(0.5)
+
+    threads = [threading.Thread(target=flood, daemon=True) for _ in range(hint_clients)]
+    for t in threads:
+        t.start()
+    time.sleep(1.0)  # the flood is running
+    during, during_codes = _score_latencies(url, seconds)
+    stop.set()
+    for t in threads:
+        t.join()
+    return {
+        "scoring_alone_n": len(alone),
+        "scoring_alone_p50_ms": round(1000 * percentile(alone, 50), 1),
+        "scoring_alone_p99_ms": round(1000 * percentile(alone, 99), 1),
+        "scoring_flood_n": len(during),
+        "scoring_flood_p50_ms": round(1000 * percentile(during, 50), 1),
+        "scoring_flood_p99_ms": round(1000 * percentile(during, 99), 1),
+        "hints_200": hint_codes.get(200, 0),
+        "hints_429": hint_codes.get(429, 0),
+        "errors": sorted(
+            {c for c in [*alone_codes, *during_codes] if c != 200}
+            | {c for c in hint_codes if c not in (200, 429)}
+        ),
+    }
+
+
 def server_env(model: str, torch_threads: int = 1, **extra: str) -> dict[str, str]:
     """Server settings for the scenarios. ``torch_threads`` (OMP_NUM_THREADS; 0: torch's default)
     is 1 by default: on a small shared machine two OpenMP threads per forward spend most of their
@@ -587,7 +723,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--torch-threads", type=int, default=1, help="OMP_NUM_THREADS of each server (0: default)"
     )
+    parser.add_argument("--flood-clients", type=int, default=4, help="/v1/hints clients")
+    parser.add_argument("--flood-seconds", type=float, default=30.0)
     parser.add_argument("--skip-load", action="store_true")
+    parser.add_argument("--skip-flood", action="store_true")
     parser.add_argument("--skip-fault", action="store_true")
     parser.add_argument("--json", help="also write the reports to this file")
     args = parser.parse_args(argv)
@@ -639,6 +778,28 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(s, indent=1), flush=True)
         if s["lost"] or s["mismatches"]:
             failures.append("fault")
+    if not args.skip_flood:
+        env = server_env(args.model, args.torch_threads)
+        with ServerProcess(env=env) as server:
+            flood = run_generation_flood(
+                server.url,
+                seconds=args.flood_seconds,
+                hint_clients=args.flood_clients,
+                rollouts=8,
+                max_tokens=64,
+            )
+        print("generation flood:", json.dumps(flood, indent=1), flush=True)
+        print(
+            "\n| small scoring calls | n | p50 ms | p99 ms |\n|---|---|---|---|\n"
+            f"| alone | {flood['scoring_alone_n']} | {flood['scoring_alone_p50_ms']} | "
+            f"{flood['scoring_alone_p99_ms']} |\n"
+            f"| during {args.flood_clients} /v1/hints clients (8 rollouts x 64 tokens; "
+            f"{flood['hints_200']} answered, {flood['hints_429']} x 429) | "
+            f"{flood['scoring_flood_n']} | {flood['scoring_flood_p50_ms']} | "
+            f"{flood['scoring_flood_p99_ms']} |"
+        )
+        if flood["errors"]:
+            failures.append("flood")
     print()
     print(table(rows))
     if args.json:

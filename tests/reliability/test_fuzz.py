@@ -11,6 +11,9 @@ Three layers against a live server (the ``server`` fixture: every backend presen
 3. hand-written hostile inputs: deep nesting, huge numbers, NaN literals, wrong content types,
    empty and non-UTF-8 bodies, lone surrogates, 10k empty sequences, limits hit exactly.
 
+Throughout every test, ``/healthz`` is asked every 50 ms and must answer within 1 s (plus the
+idle server's own worst, the shared machine's noise): no input may freeze the process.
+
 Examples are derandomised (the same requests on every run); ``TC_FUZZ_EXAMPLES`` scales the
 example counts (default 20 per operation and mode) and ``TC_FUZZ_SEED`` picks other examples.
 """
@@ -23,6 +26,7 @@ import os
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, Phase, given, settings
@@ -30,6 +34,8 @@ from hypothesis import seed as hypothesis_seed
 from hypothesis import strategies as st
 from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
+
+from proto import decode_packed
 
 REPO = Path(__file__).resolve().parents[2]
 SCHEMA = schemathesis.openapi.from_path(REPO / "proto" / "openapi.json")
@@ -39,6 +45,31 @@ SEED = os.environ.get("TC_FUZZ_SEED")
 TIMEOUT = 120.0  # seconds; a request that takes longer is a hang
 ERROR_STATUSES = {400, 401, 403, 404, 405, 409, 413, 415, 422, 429, 503}
 METHODS = ("grpo", "dr_grpo", "opd", "opsd", "sdpo", "rlsd", "hsd", "antisd", "amrsd")
+
+
+HEALTH_BOUND_S = 1.0  # besides "no 5xx": /healthz answers within this throughout (issue 16)
+
+
+@pytest.fixture(scope="module")
+def idle_health(bench, server) -> float:
+    """The idle server's slowest health answer over a second: the shared machine's noise."""
+    return bench.idle_health_worst(server.url)
+
+
+@pytest.fixture(autouse=True)
+def health_answers_throughout(request, bench):
+    """Every test against a live server runs with /healthz asked every 50 ms; the slowest answer
+    must stay under HEALTH_BOUND_S plus the idle server's own worst."""
+    if "server" not in request.fixturenames:
+        yield
+        return
+    server = request.getfixturevalue("server")
+    noise = request.getfixturevalue("idle_health")
+    with bench.HealthProber(server.url) as prober:
+        yield
+    assert prober.worst < HEALTH_BOUND_S + noise, (
+        f"/healthz took {prober.worst:.2f} s during this test (bound {HEALTH_BOUND_S + noise:.2f} s)"
+    )
 
 
 def fuzz_settings(examples: int):
@@ -55,9 +86,34 @@ def fuzz_settings(examples: int):
     return lambda f: hypothesis_seed(int(SEED))(wrap(f))
 
 
+def _no_constant(name: str):
+    raise ValueError(f"non-standard JSON constant {name}")
+
+
+def strict_json(body: bytes):
+    """Parse as a strict JSON reader would: ``NaN``/``Infinity`` are errors, not floats."""
+    return json.loads(body, parse_constant=_no_constant)
+
+
+def check_finite_packed(value) -> None:
+    """Every packed float array in a response decodes to finite numbers."""
+    if isinstance(value, dict):
+        if set(value) == {"dtype", "shape", "data"} and value["dtype"] != "int32":
+            assert np.isfinite(decode_packed(value)).all(), value
+        else:
+            for item in value.values():
+                check_finite_packed(item)
+    elif isinstance(value, list):
+        for item in value:
+            check_finite_packed(item)
+
+
 def check_answer(status: int, content_type: str, body: bytes, what: str) -> None:
-    """docs/api.md: never a 5xx; errors are JSON ``{"error": {"type", "message", "field"}}``."""
+    """docs/api.md: never a 5xx; errors are JSON ``{"error": {"type", "message", "field"}}``;
+    JSON bodies are strict JSON (no NaN or Infinity, packed or not)."""
     assert status < 500, f"{what} -> {status}: {body[:500]!r}"
+    if content_type.startswith("application/json"):
+        check_finite_packed(strict_json(body))
     if status >= 400:
         assert status in ERROR_STATUSES, f"{what} -> {status}"
         assert content_type.startswith("application/json"), f"{what} -> {content_type}"
@@ -313,16 +369,17 @@ def hostile_cases(vocab: int, max_len: int, max_top_k: int):
         ("5000-digit int", lp, raw('{"sequences":[{"context_ids":[' + "9" * 5000 + "]}]}"), J, {400, 422}),
         ("top_k 10**20", lp, raw(json.dumps({"sequences": [seq()], "top_k": 10**20})), J, {422}),
         ("temperature 1e400", lp, raw('{"sequences":[' + json.dumps(seq()) + '],"temperature":1e400}'), J, {422}),
-        ("temperature 5e-324", lp, raw('{"sequences":[' + json.dumps(seq()) + '],"temperature":5e-324,"entropy":true,"top_k":3}'), J, ok_or_4xx),
+        ("temperature 5e-324", lp, raw('{"sequences":[' + json.dumps(seq()) + '],"temperature":5e-324,"entropy":true,"top_k":3}'), J, {422}),
         ("temperature NaN", lp, raw('{"sequences":[' + json.dumps(seq()) + '],"temperature":NaN}'), J, {422}),
-        ("min_weights_version 10**20", lp, raw(json.dumps({"sequences": [seq()], "min_weights_version": 10**20})), J, {409}),
+        ("min_weights_version 10**20", lp, raw(json.dumps({"sequences": [seq()], "min_weights_version": 10**20})), J, {422}),
+        ("min_weights_version 2**62", lp, raw(json.dumps({"sequences": [seq()], "min_weights_version": 2**62})), J, {409}),
         ("seed 10**30", adv, raw(json.dumps({"method": "hsd", "seed": 10**30, "groups": [group()]})), J, ok_or_4xx),
         ("seed -10**30", adv, raw(json.dumps({"method": "antisd", "seed": -(10**30), "groups": [group()]})), J, ok_or_4xx),
         ("step 10**30", adv, raw(json.dumps({"method": "antisd", "step": 10**30, "groups": [group()]})), J, ok_or_4xx),
         ("reward 400 digits", adv, raw('{"method":"grpo","groups":[{"rollouts":[{"response_ids":[1],"reward":' + big + "}]}]}"), J, {422}),
         ("rewards +-1e308", adv, raw(json.dumps({"method": "grpo", "groups": [group((1e308, -1e308))]})), J, ok_or_4xx),
         # NaN / Infinity literals in float arrays
-        ("NaN rewards", adv, raw('{"method":"grpo","groups":[{"rollouts":[{"response_ids":[1],"reward":NaN},{"response_ids":[1],"reward":Infinity}]}]}'), J, ok_or_4xx),
+        ("NaN rewards", adv, raw('{"method":"grpo","groups":[{"rollouts":[{"response_ids":[1],"reward":NaN},{"response_ids":[1],"reward":Infinity}]}]}'), J, {422}),
         *[
             (
                 f"NaN/Infinity log-probs, {method}",
@@ -338,11 +395,45 @@ def hostile_cases(vocab: int, max_len: int, max_top_k: int):
                     .replace("METHOD", method)
                 ),
                 J,
-                ok_or_4xx,
+                {422},
             )
             for method in METHODS
         ],
-        ("packed NaN floats", adv, raw(json.dumps({"method": "opd", "groups": [{"prompt_ids": [1], "rollouts": [{"response_ids": [1], "reward": 1.0, "student_logprobs": {"dtype": "float32", "shape": [1], "data": "AADAfw=="}, "teacher_logprobs": {"dtype": "bfloat16", "shape": [1], "data": "gH8="}}]}]})), J, ok_or_4xx),
+        ("packed NaN floats", adv, raw(json.dumps({"method": "opd", "groups": [{"prompt_ids": [1], "rollouts": [{"response_ids": [1], "reward": 1.0, "student_logprobs": {"dtype": "float32", "shape": [1], "data": "AADAfw=="}, "teacher_logprobs": {"dtype": "bfloat16", "shape": [1], "data": "gH8="}}]}]})), J, {422}),
+        # non-finite numbers name their field (issue 16): NaN, Infinity, 1e309 (read as inf)
+        *[
+            (f"{label} reward", adv, raw('{"method":"grpo","groups":[{"rollouts":[{"response_ids":[1],"reward":X},{"response_ids":[1],"reward":0}]}]}'.replace("X", literal)), J, {422})
+            for label, literal in (("NaN", "NaN"), ("Infinity", "Infinity"), ("1e309", "1e309"), ("-1e309", "-1e309"))
+        ],
+        ("1e309 student log-prob", adv, raw('{"method":"opd","groups":[{"prompt_ids":[1],"rollouts":[{"response_ids":[1],"reward":1,"student_logprobs":[1e309]}]}]}'), J, {422}),
+        ("-Infinity teacher log-prob", adv, raw('{"method":"opsd","groups":[{"prompt_ids":[1],"rollouts":[{"response_ids":[1],"reward":1,"teacher_logprobs":[-Infinity],"student_logprobs":[-1]}]}]}'), J, {422}),
+        ("packed +inf float32", adv, raw(json.dumps({"method": "opd", "groups": [{"prompt_ids": [1], "rollouts": [{"response_ids": [1], "reward": 1.0, "student_logprobs": {"dtype": "float32", "shape": [1], "data": "AACAfw=="}}]}]})), J, {422}),
+        ("lam_max NaN", adv, raw('{"method":"antisd","params":{"lam_max":NaN},"groups":[' + json.dumps(group()) + "]}"), J, {422}),
+        ("lam_max 1e309", adv, raw('{"method":"antisd","params":{"lam_max":1e309},"groups":[' + json.dumps(group()) + "]}"), J, {422}),
+        ("state Infinity", adv, raw('{"method":"antisd","state":{"ema":Infinity},"groups":[' + json.dumps(group()) + "]}"), J, {422}),
+        ("temperature 1e-300", lp, raw(json.dumps({"sequences": [seq()], "temperature": 1e-300})), J, {422}),
+        ("temperature 1e309", lp, raw('{"sequences":[' + json.dumps(seq()) + '],"temperature":1e309}'), J, {422}),
+        # strict wire types (issue 16): no coercion
+        ("true as a token id", lp, raw('{"sequences":[{"context_ids":[true],"target_ids":[]}]}'), J, {422}),
+        ("1.0 as a token id", lp, raw('{"sequences":[{"context_ids":[1.0],"target_ids":[]}]}'), J, {422}),
+        ('"5" as top_k', lp, raw('{"sequences":[' + json.dumps(seq()) + '],"top_k":"5"}'), J, {422}),
+        ('"yes" as entropy', lp, raw('{"sequences":[' + json.dumps(seq()) + '],"entropy":"yes"}'), J, {422}),
+        ('"yes" as correct', "/v1/hints", raw(json.dumps({"groups": [{"problem": "1+1", "rollouts": [{"text": "2", "correct": "yes"}]}], "max_tokens": 4})), J, {422}),
+        ('"1" as a reward', adv, raw(json.dumps({"method": "grpo", "groups": [{"rollouts": [{"response_ids": [1], "reward": "1"}]}]})), J, {422}),
+        ("weights version 2**63", "/v1/weights", raw(json.dumps({"path": "x", "version": 2**63})), J, {422}),
+        ("weights version 10**30", "/v1/weights", raw(json.dumps({"path": "x", "version": 10**30})), J, {422}),
+        # nested structures and placeholder-laden text
+        ("label: JSON text nested 100k deep", "/get_reward", raw(json.dumps({"query": ["4"], "labels": ['{"a":' * 100_000 + "1" + "}" * 100_000]})), J, {422}),
+        ("label: JSON text of nested arrays", "/get_reward", raw(json.dumps({"query": ["4"], "labels": ["{" + '"answer":' + "[" * 100_000 + "]" * 100_000 + "}"]})), J, {422}),
+        ("label: object 500 deep", "/get_reward", raw('{"query":["4"],"labels":[' + '{"answer":' * 500 + '"4"' + "}" * 500 + "]}"), J, {422}),
+        ("params 200 deep", adv, raw('{"method":"grpo","params":' + '{"a":' * 200 + "1" + "}" * 200 + ',"groups":[' + json.dumps(group()) + "]}"), J, {422}),
+        ("placeholders in a problem", adv, raw(json.dumps({"method": "opsd", "groups": [group(reference_solution="{solution}" * 2000, problem="{problem}{solution}{attempt}" * 2000)]})), J, ok_or_4xx),
+        ("placeholders in hints text", "/v1/hints", raw(json.dumps({"groups": [{"problem": "{attempt}{peer}{feedback}" * 1000, "rollouts": [{"text": "{problem}" * 1000, "correct": True, "feedback": "{attempt}" * 1000}]}], "max_tokens": 4})), J, ok_or_4xx),
+        # pathological text on the text routes (linear parsers, issue 16)
+        ("reward: spaces after 'answer is'", "/get_reward", raw(json.dumps({"query": ["the answer is" + " " * 200_000 + ","], "labels": ["2"]})), J, {200}),
+        ("reward: unclosed boxes", "/get_reward", raw(json.dumps({"query": ["\\boxed{" * 30_000], "labels": ["2"]})), J, {200}),
+        ("reward: <think> repeated", "/get_reward", raw(json.dumps({"query": ["<think>" * 30_000], "labels": ["2"]})), J, {200}),
+        ("hints: <think> repeated", "/v1/hints", raw(json.dumps({"groups": [{"problem": "1+1", "rollouts": [{"text": "<think>" * 30_000 + "</think>2", "correct": True}]}], "max_tokens": 4})), J, {200}),
         # packed arrays that lie
         ("packed shape 10**30", lp, raw(json.dumps({"sequences": [{"context_ids": {"dtype": "int32", "shape": [10**30], "data": "AAAA"}, "target_ids": []}]})), J, {422}),
         ("packed shape [2**32, 2**32]", lp, raw(json.dumps({"sequences": [{"context_ids": {"dtype": "int32", "shape": [2**32, 2**32], "data": ""}, "target_ids": []}]})), J, {422}),

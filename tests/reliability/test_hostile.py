@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import json
-import threading
-import time
 
 import httpx
 import pytest
@@ -25,53 +23,13 @@ import torch
 from transformers import AutoModelForCausalLM
 
 HEALTH_BOUND_S = 1.0
-PROBE_TIMEOUT_S = 10.0  # a health answer slower than this counts as this
 REQUEST_TIMEOUT_S = 300.0
 TEXT_LIMIT = 1024 * 1024  # TC_MAX_TEXT_BODY_BYTES default
 N = TEXT_LIMIT - 4096  # characters of adversarial text: the body stays under the limit
 
 
-class HealthProber:
-    """Asks /healthz every 50 ms until stopped; ``worst`` is the slowest answer in seconds."""
-
-    def __init__(self, url: str):
-        self.url = url + "/healthz"
-        self.worst = 0.0
-        self.count = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        with httpx.Client(timeout=PROBE_TIMEOUT_S) as client:
-            while not self._stop.is_set():
-                started = time.perf_counter()
-                try:
-                    ok = client.get(self.url).status_code == 200
-                except httpx.HTTPError:
-                    ok = False
-                took = time.perf_counter() - started
-                self.worst = max(self.worst, took if ok else PROBE_TIMEOUT_S)
-                self.count += 1
-                self._stop.wait(0.05)
-
-    def __enter__(self) -> HealthProber:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-
-
-def idle_worst(url: str, seconds: float = 1.0) -> float:
-    """The slowest /healthz answer of the idle server over ``seconds`` (the machine's noise)."""
-    with HealthProber(url) as prober:
-        time.sleep(seconds)
-    return prober.worst
-
-
-def send_while_probing(url: str, path: str, body: bytes) -> tuple[httpx.Response, HealthProber]:
-    with HealthProber(url) as prober, cf.ThreadPoolExecutor(1) as pool:
+def send_while_probing(bench, url: str, path: str, body: bytes):
+    with bench.HealthProber(url) as prober, cf.ThreadPoolExecutor(1) as pool:
         future = pool.submit(
             httpx.post,
             url + path,
@@ -164,13 +122,13 @@ CASES = {
 
 
 @pytest.mark.parametrize("name", list(CASES))
-def test_health_answers_while_a_hostile_request_runs(server, name):
+def test_health_answers_while_a_hostile_request_runs(bench, server, name):
     path, make_body, allowed = CASES[name]
     body = make_body()
     # On a machine shared with other jobs an idle health answer can itself take a while: allow
     # 1 s on top of the idle server's worst (quadratic code blocks for minutes to hours here).
-    bound = HEALTH_BOUND_S + idle_worst(server.url)
-    response, prober = send_while_probing(server.url, path, body)
+    bound = HEALTH_BOUND_S + bench.idle_health_worst(server.url)
+    response, prober = send_while_probing(bench, server.url, path, body)
     assert response.status_code in allowed, (name, response.status_code, response.text[:300])
     assert response.headers["content-type"].startswith("application/json")
     assert prober.count >= 1

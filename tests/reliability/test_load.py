@@ -74,3 +74,17 @@ def test_healthy_and_idle_after(report):
     assert report.ready_after == 200
     assert report.in_flight_after == 0
     assert report.depth_after == 0
+
+
+def test_scoring_is_not_starved_by_a_hints_flood(bench, model_path, tmp_path_factory):
+    """4 clients send /v1/hints back to back; small scoring calls keep answering: no error and a
+    p99 within 5 s (generation runs in its own admitted lane, server/batcher.py; a scoring
+    call stuck behind whole generations would wait tens of seconds here)."""
+    log = tmp_path_factory.mktemp("flood-server") / "server.log"
+    with ServerProcess(env=bench.server_env(model_path, 1), log_path=log) as server:
+        flood = bench.run_generation_flood(
+            server.url, seconds=10.0, hint_clients=4, rollouts=8, max_tokens=64
+        )
+    assert not flood["errors"], flood
+    assert flood["hints_200"] > 0 and flood["scoring_flood_n"] >= 5, flood
+    assert flood["scoring_flood_p99_ms"] < 5000, flood

@@ -53,3 +53,46 @@ def test_sigterm_drains_in_flight_requests(model_path, tmp_path):
         server.stop()
     log = (tmp_path / "server.log").read_text()
     assert "Shutting down" in log or "Finished server process" in log
+
+
+def test_request_outliving_the_drain_window_gets_a_json_503(model_path, tmp_path):
+    """uvicorn cancels what is still running after --timeout-graceful-shutdown; that request used
+    to get a text/plain 500. Queue far more work than one second drains, SIGTERM, and every
+    answer is a 200 or a JSON 503 ``shutting_down``, never a 500."""
+    env = {
+        "TC_MODEL": model_path,
+        "TC_DEVICE": "cpu",
+        "TC_LOG_LEVEL": "info",
+        "TC_BATCH_WAIT_MS": "0",
+        "TC_DRAIN_SECONDS": "1",
+    }
+    server = ServerProcess(env=env, log_path=tmp_path / "server.log").start()
+    seq = {
+        "context_ids": [1 + i % 250 for i in range(300)],
+        "target_ids": [1 + i % 250 for i in range(200)],
+    }
+    body = {"sequences": [seq] * 24, "entropy": True, "top_k": 5}
+
+    def call(_):
+        try:
+            return httpx.post(server.url + "/v1/logprobs", json=body, timeout=120)
+        except httpx.TransportError as exc:  # connection closed after the answer: not a 500
+            return exc
+
+    try:
+        with cf.ThreadPoolExecutor(12) as pool:
+            futures = [pool.submit(call, i) for i in range(12)]
+            wait_in_flight(server.url, 12)
+            server.proc.send_signal(signal.SIGTERM)
+            results = [f.result() for f in futures]
+        server.proc.wait(60)
+    finally:
+        server.stop()
+    answers = [r for r in results if isinstance(r, httpx.Response)]
+    codes = [r.status_code for r in answers]
+    assert set(codes) <= {200, 503}, codes
+    assert 503 in codes, f"nothing outlived a 1 s drain window: {codes}"
+    for r in answers:
+        if r.status_code == 503:
+            assert r.headers["content-type"].startswith("application/json")
+            assert r.json()["error"]["type"] == "shutting_down"

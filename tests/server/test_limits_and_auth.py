@@ -7,6 +7,8 @@ import concurrent.futures as cf
 import httpx
 import pytest
 
+from server.launcher import ServerProcess
+
 
 def bearer(key):
     return {"Authorization": f"Bearer {key}"}
@@ -85,10 +87,10 @@ LIMITS = {
 
 
 @pytest.fixture(scope="module")
-def limits_server(tmp_path_factory):
-    from tests.conftest import start_server
-
-    proc = start_server(tmp_path_factory, "server-limits", LIMITS)
+def limits_server(tmp_path_factory, model_path):
+    env = {"TC_MODEL": model_path, "TC_DEVICE": "cpu", "TC_DTYPE": "float32", **LIMITS}
+    log = tmp_path_factory.mktemp("server-limits") / "server.log"
+    proc = ServerProcess(env={**env, "TC_LOG_LEVEL": "warning"}, log_path=log).start()
     yield proc
     proc.stop()
 
