@@ -178,3 +178,23 @@ def test_checkpoints_with_non_float_or_non_finite_tensors_are_refused(server, mo
         timeout=60,
     )
     assert ok.status_code == 200 and ok.json()["weights_version"] == before
+
+
+# ---- connection limits ---------------------------------------------------------------------------
+
+
+def test_uvicorn_limits_are_the_same_everywhere():
+    """serve.sh, both images and the test servers run uvicorn with the same connection limits."""
+    from pathlib import Path
+
+    from server.launcher import UVICORN_LIMITS
+
+    repo = Path(__file__).resolve().parents[2]
+    serve = " ".join((repo / "scripts" / "serve.sh").read_text().replace("\\\n", " ").split())
+    assert " ".join(UVICORN_LIMITS) in serve
+    for name in ("Dockerfile", "Dockerfile.cpu"):
+        text = (repo / "deploy" / name).read_text()
+        entry = text[text.index("ENTRYPOINT") :]
+        assert ", ".join(f'"{flag}"' for flag in UVICORN_LIMITS) in " ".join(
+            entry.replace("\\\n", " ").split()
+        ), name
