@@ -173,7 +173,7 @@ def test_mentions_answer_without_gold():
 # with 2 GiB of address space, so quadratic memory (one copy per nested box) fails it too.
 
 N = 1_000_000
-DEADLINE_S = 20.0
+DEADLINE_S = 60.0  # linear code needs 0.1-3 s here even under load; quadratic, hours
 
 
 def _extract_last_number(text):
