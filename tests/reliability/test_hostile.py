@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import json
+import time
 
 import httpx
 import pytest
@@ -38,6 +39,9 @@ def send_while_probing(bench, url: str, path: str, body: bytes):
             timeout=REQUEST_TIMEOUT_S,
         )
         response = future.result()
+        deadline = time.monotonic() + 30
+        while prober.count < 1 and time.monotonic() < deadline:  # a fast answer: one probe at least
+            time.sleep(0.01)
     return response, prober
 
 
