@@ -2,7 +2,7 @@
 # Set up and start the server: bash scripts/serve.sh [uvicorn args]
 # With no TC_MODEL it serves the embedded tiny model on the CPU at http://127.0.0.1:8000.
 # The install runs once (again only when pyproject.toml changes), so a restart starts at once.
-# Connection limits (header size, connections, keep-alive): server/launcher.py UVICORN_LIMITS.
+# Connection limits (header size, connections, keep-alive): client/launcher.py UVICORN_LIMITS.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}

@@ -191,7 +191,7 @@ def test_uvicorn_limits_are_the_same_everywhere():
     """serve.sh, both images and the test servers run uvicorn with the same connection limits."""
     from pathlib import Path
 
-    from server.launcher import UVICORN_LIMITS
+    from client.launcher import UVICORN_LIMITS
 
     repo = Path(__file__).resolve().parents[2]
     serve = " ".join((repo / "scripts" / "serve.sh").read_text().replace("\\\n", " ").split())

@@ -6,7 +6,7 @@ import concurrent.futures as cf
 
 import httpx
 import pytest
-from server.launcher import ServerProcess
+from client.launcher import ServerProcess
 
 
 def bearer(key):
@@ -181,7 +181,7 @@ def test_text_routes_have_their_own_body_limit(limits_server):
 
 def test_oversized_headers_are_refused(limits_server):
     """Too many or too large headers: a JSON 431 (server/middleware.py); a header block beyond
-    what uvicorn buffers (--h11-max-incomplete-event-size, server/launcher.py) is cut off."""
+    what uvicorn buffers (--h11-max-incomplete-event-size, client/launcher.py) is cut off."""
     url = limits_server.url + "/healthz"
     for headers in (
         {f"x-pad-{i}": "a" for i in range(150)},  # 150 headers
