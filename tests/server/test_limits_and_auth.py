@@ -6,6 +6,7 @@ import concurrent.futures as cf
 
 import httpx
 import pytest
+
 from client.launcher import ServerProcess
 
 
