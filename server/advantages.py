@@ -40,7 +40,7 @@ from server.credit import (
 )
 from server.engines.base import ScoreItem, TeacherEngine
 from server.errors import ServiceError, json_path
-from server.hints import admitted, reflect_rollouts
+from server.hints import reflect_rollouts
 from server.runtime import Runtime
 from server.scoring import check_ids, check_length, score_items
 
@@ -222,7 +222,7 @@ async def write_missing_reflections(
         temperature=params.reflection_temperature,
         seed=request.seed,
         select=select,
-        generate=admitted(batcher) if batcher is not None else None,  # queue + 429 as scoring
+        generate=batcher.generate if batcher is not None else None,  # queue (429), cap (413)
     )
     for gi, row in enumerate(written):
         for ri, reflection in enumerate(row):

@@ -48,7 +48,7 @@ log = logging.getLogger(__name__)
 
 # math_verify is only asked about strings this short (sympy on long input can take seconds).
 MATH_VERIFY_MAX_CHARS = 200
-MATH_VERIFY_TIMEOUT_S = 2
+MATH_VERIFY_TIMEOUT_S = 5  # sympy on a loaded 2-core machine took over 2 s for \\sqrt{8}
 # Longer digit strings are not read as numbers: int() of a long string is quadratic, and Python
 # refuses over 4,300 digits (a ValueError, i.e. a 500). No final answer is that long.
 MAX_NUMBER_CHARS = 200

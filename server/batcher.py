@@ -14,8 +14,8 @@ per item, at least one item), so a client that went away stops costing the engin
 current slice.
 
 Admission. Jobs waiting (scoring and generation together; the generation job being sliced is
-running, not waiting) are bounded by ``max_queue``: a full queue raises ``QueueFull``, which the
-routes turn into 429 with ``Retry-After``. One request may not ask for more than
+running, not waiting) are bounded by ``max_queue``: a full queue raises ``QueueFull``, a 429 with
+``Retry-After`` (a ``ServiceError``). One request may not ask for more than
 ``max_request_tokens`` scored tokens (context + target, summed) or ``max_generate_tokens``
 generated tokens (``max_tokens`` summed over its items): 413 ``too_many_tokens``, so that one
 small body cannot hold the engine for minutes.
@@ -43,9 +43,15 @@ from server.metrics import Metrics
 log = logging.getLogger(__name__)
 
 
-class QueueFull(Exception):
+class QueueFull(ServiceError):
+    """429 with ``Retry-After``: ``max_queue`` jobs (scoring or generation) already wait."""
+
     def __init__(self, retry_after: float):
-        super().__init__(f"scoring queue is full; retry after {retry_after:.0f}s")
+        super().__init__(
+            429,
+            f"the engine queue is full; retry after {retry_after:.0f}s",
+            headers={"Retry-After": str(int(retry_after))},
+        )
         self.retry_after = retry_after
 
 

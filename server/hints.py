@@ -63,7 +63,6 @@ from typing import Any
 from proto import HintsRequest, Reflection
 from proto import prompts as T
 from server.answers import extract_final_answer, mentions_answer, normalize_answer
-from server.batcher import Batcher, QueueFull
 from server.contexts import ContextBuilder, longest_token_chars, strip_thinking
 from server.engines.base import GenerateItem, GenerateOutput, TeacherEngine
 from server.errors import ServiceError
@@ -440,20 +439,6 @@ async def reflect_rollouts(
     return out
 
 
-def admitted(batcher: Batcher) -> Callable[[list[GenerateItem]], Awaitable[list[GenerateOutput]]]:
-    """``batcher.generate`` with a full queue turned into 429 + ``Retry-After`` (as scoring)."""
-
-    async def generate(items: list[GenerateItem]) -> list[GenerateOutput]:
-        try:
-            return await batcher.generate(items)
-        except QueueFull as exc:
-            raise ServiceError(
-                429, str(exc), headers={"Retry-After": str(int(exc.retry_after))}
-            ) from exc
-
-    return generate
-
-
 async def hints(runtime: Runtime, request: HintsRequest) -> dict[str, Any]:
     """``POST /v1/hints``: reflections for every rollout under one weights version."""
     engine, batcher = runtime.require_engine()
@@ -465,7 +450,7 @@ async def hints(runtime: Runtime, request: HintsRequest) -> dict[str, Any]:
             temperature=request.temperature,
             seed=request.seed,
             templates=request.templates,
-            generate=admitted(batcher),
+            generate=batcher.generate,  # admitted: queue (429) and token cap (413)
         )
     return {
         "weights_version": version,

@@ -28,7 +28,6 @@ from typing import Any
 from fastapi.exceptions import RequestValidationError
 
 from proto.openai_compat import CompletionRequest
-from server.batcher import QueueFull
 from server.engines.base import GenerateItem, GenerateOutput, ScoreItem, ScoreOutput
 from server.errors import ServiceError, json_path
 from server.hints import derive_seed
@@ -211,21 +210,10 @@ def _check(request: CompletionRequest, prompts: list[_Prompt], info, max_tokens:
 
 
 async def generate_items(runtime: Runtime, items: list[GenerateItem]) -> list[GenerateOutput]:
-    """Generation under the server's admission control: the batcher's generation queue (429 when
-    full, the same queue ``/v1/hints`` uses) once the batcher has one (issue 16); until then the
-    engine directly, as ``/v1/hints`` does on that code."""
-    engine, batcher = runtime.require_engine()
-    if not items:
-        return []
-    submit = getattr(batcher, "generate", None)
-    if submit is None:
-        return await engine.generate(items)
-    try:
-        return await submit(items)
-    except QueueFull as exc:
-        raise ServiceError(
-            429, str(exc), headers={"Retry-After": str(int(exc.retry_after))}
-        ) from exc
+    """Generation under the server's admission control: the batcher's generation lane, the same
+    queue (429 when full) and token cap (413) as ``/v1/hints``."""
+    _, batcher = runtime.require_engine()
+    return await batcher.generate(items)
 
 
 def _choice_seed(seed: int | None, prompt: int, j: int) -> int:

@@ -8,7 +8,6 @@ from typing import Any
 import numpy as np
 
 from proto import LogprobsRequest, encode_array
-from server.batcher import QueueFull
 from server.engines.base import EngineInfo, ScoreItem, ScoreOutput
 from server.errors import ServiceError
 from server.runtime import Runtime
@@ -85,12 +84,7 @@ def check_candidates(candidate_ids: np.ndarray, info: EngineInfo, field: str) ->
 async def score_items(runtime: Runtime, items: list[ScoreItem]) -> list[ScoreOutput]:
     """Score through the batcher; a full queue is a 429 with Retry-After."""
     _, batcher = runtime.require_engine()
-    try:
-        return await batcher.score(items)
-    except QueueFull as exc:
-        raise ServiceError(
-            429, str(exc), headers={"Retry-After": str(int(exc.retry_after))}
-        ) from exc
+    return await batcher.score(items)
 
 
 def encode_scores(output: ScoreOutput, encoding: str, candidates: bool = False) -> dict[str, Any]:
