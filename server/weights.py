@@ -107,31 +107,16 @@ class WeightsGate:
     async def swap(
         self, engine: TeacherEngine, path: str, version: int | None
     ) -> tuple[int, float]:
-        async with self._swap_lock:  # one swap at a time
-            if version is not None and version <= self.version:
-                raise ServiceError(
-                    409,
-                    f"version {version} must be greater than the loaded weights_version {self.version}",
-                    type="stale_weights",
-                    field="version",
-                )
-            started = time.perf_counter()
+        """Load the checkpoint folder ``path`` (checked before any engine sees it) and swap it in."""
+
+        async def prepare() -> object:
             try:
-                await asyncio.to_thread(check_tensors, path)  # before any engine sees them
-                prepared = await engine.prepare_weights(path)
+                await asyncio.to_thread(check_tensors, path)
+                return await engine.prepare_weights(path)
             except WeightsError as exc:
                 raise ServiceError(422, str(exc), type="weights_load_failed", field="path") from exc
-            async with self._changed:
-                self._swapping = True
-                await self._changed.wait_for(lambda: self._readers == 0)
-            try:
-                await engine.swap_weights(prepared)
-                self.version = version if version is not None else self.version + 1
-            finally:
-                async with self._changed:
-                    self._swapping = False
-                    self._changed.notify_all()
-            return self.version, time.perf_counter() - started
+
+        return await self.swap_with(prepare, engine.swap_weights, version)
 
     async def swap_with(
         self,
@@ -139,9 +124,9 @@ class WeightsGate:
         install: Callable[[object], Awaitable[None]],
         version: int | None,
     ) -> tuple[int, float]:
-        """``swap`` for weights that do not come from a folder (a push, server/weights_push.py):
-        ``prepare()`` builds them beside the serving ones after the version check, ``install``
-        puts them in place with no request in flight."""
+        """The one swap, for a folder (``swap``) or a push (server/weights_push.py): after the
+        version check ``prepare()`` builds the weights beside the serving ones, then, with no
+        request in flight, ``install`` puts them in place under the new version."""
         async with self._swap_lock:
             if version is not None and version <= self.version:
                 raise ServiceError(
