@@ -26,6 +26,15 @@ def build_parser() -> argparse.ArgumentParser:
     for f in fields(Config):
         if f.name == "method_params":
             continue
+        if f.name == "method_state":
+            ap.add_argument(
+                "--method-state",
+                type=json.loads,
+                default=None,
+                help="initial method state as JSON, e.g. AntiSD's gate held open: "
+                '\'{"warmup_history": [0,0,0,0,0], "h_warm": 0, "tau_down": 0, "g": 1}\'',
+            )
+            continue
         flag = "--" + f.name.replace("_", "-")
         default = f.default if f.default is not MISSING else None
         if f.type in ("bool", bool):
@@ -55,5 +64,5 @@ def config_from_args(argv: list[str] | None = None) -> Config:
 
 if __name__ == "__main__":
     summary = main(config_from_args())
-    keep = ("method", "steps", "initial_eval_accuracy", "final_eval_accuracy", "seconds_per_step")
+    keep = ("method", "steps", "initial", "final", "seconds_per_step")
     print(json.dumps({k: summary[k] for k in keep}, indent=2))
