@@ -26,6 +26,7 @@ import argparse
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -73,13 +74,14 @@ FULL_ARMS: dict[str, Arm] = {
 }
 
 DESIGNS: dict[str, dict[str, Any]] = {
-    # The committed run: ~5-25 min per run on 2 shared cores, depending on the load (docs/toy.md).
+    # The committed run: 60 steps at lr 2e-4 (GRPO's sampled accuracy gains ≥ 5 points by then),
+    # ~10-15 min per run on 2 cores shared with other jobs (docs/toy.md).
     "full": {
         "config": {
-            "steps": 100,
+            "steps": 60,
             "prompts_per_step": 16,
             "group_size": 8,
-            "lr": 1e-4,
+            "lr": 2e-4,
             "warmup_steps": 10,
             "eval_every": 20,
             "eval_problems": 500,
@@ -441,7 +443,9 @@ def claims(runs: dict, rows: dict, design: dict, loc: dict | None) -> list[dict]
                     "evidence": f"HSD {iv(b['hsd']).fmt(100)}%, OPSD at its divergence from the "
                     f"reference {iv(b['opsd_own_tau']).fmt(100)}%; difference "
                     f"{ops.fmt(100, 1, sign=True)} points",
-                    "verdict": stats.verdict(ops, 0.0),
+                    # The paper: OPSD's mass is roughly uniform, a gap of tens of points; an
+                    # interval below +5 points rules that out.
+                    "verdict": stats.verdict(ops, 0.0, margin=0.05),
                 }
             )
     return out
@@ -663,4 +667,6 @@ def run(args: argparse.Namespace) -> dict:
 
 
 if __name__ == "__main__":
+    # SIGTERM (a stopped design) unwinds like Ctrl-C, so the server this run started is stopped.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     run(build_parser().parse_args())

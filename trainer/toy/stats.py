@@ -135,15 +135,21 @@ def steps_to_reach(curve: Sequence[tuple[int, float]], target: float) -> float |
     return None
 
 
-def verdict(interval: Interval, threshold: float, higher_is_claim: bool = True) -> str:
+def verdict(
+    interval: Interval, threshold: float, higher_is_claim: bool = True, margin: float = 0.0
+) -> str:
     """Claim "value > threshold" (or "< threshold"): reproduced if the whole 95% interval is on the
-    claim's side, not reproduced if it is wholly on the other side, else inconclusive."""
+    claim's side, not reproduced if it is wholly on the other side, else inconclusive.
+
+    ``margin`` > 0 makes the claim "value > threshold + margin" (a claim of a large effect): an
+    interval wholly below threshold + margin rules it out even if it lies above the threshold.
+    """
     if math.isnan(interval.lo):
         return "inconclusive"
     lo, hi = (interval.lo, interval.hi) if higher_is_claim else (-interval.hi, -interval.lo)
     t = threshold if higher_is_claim else -threshold
-    if lo > t:
+    if lo > t + margin:
         return "reproduced"
-    if hi <= t:
+    if hi <= t + margin:
         return "not reproduced"
     return "inconclusive"
