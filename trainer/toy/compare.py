@@ -74,16 +74,16 @@ FULL_ARMS: dict[str, Arm] = {
 }
 
 DESIGNS: dict[str, dict[str, Any]] = {
-    # The committed run: 60 steps at lr 2e-4 (GRPO's sampled accuracy gains ≥ 5 points by then),
-    # ~10-15 min per run on 2 cores shared with other jobs (docs/toy.md).
+    # The committed run: 100 steps at lr 2e-4 (a 60-step pilot gained only 4 points,
+    # docs/toy_runs/pilot_60steps), ~15-25 min per run on 2 cores shared with other jobs.
     "full": {
         "config": {
-            "steps": 60,
+            "steps": 100,
             "prompts_per_step": 16,
             "group_size": 8,
             "lr": 2e-4,
             "warmup_steps": 10,
-            "eval_every": 20,
+            "eval_every": 25,
             "eval_problems": 500,
             "eval_samples": 4,
         },

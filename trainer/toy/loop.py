@@ -73,7 +73,7 @@ class Config:
     # Advantage method id, one of METHODS.
     method: str = "antisd"
     # Optimizer steps (one on-policy batch each); the comparison's design (docs/toy.md).
-    steps: int = 60
+    steps: int = 100
     # Seeds the training problems, sampling, peer draws and the optimizer's initial state.
     seed: int = 0
     # Local HF model folder of the initial policy; empty: the embedded model (or $TC_MODEL).
@@ -143,7 +143,7 @@ class Config:
 
     # ---- Evaluation ---------------------------------------------------------------------------
     # Held-out evaluation (trainer.toy.evaluate) every this many steps, and at the first and last.
-    eval_every: int = 20
+    eval_every: int = 25
     # Held-out problems (seed EVAL_SEED, disjoint from the training stream's seed).
     eval_problems: int = 500
     # Samples per held-out problem at temperature 1 (sampled accuracy = their mean; pass@k).
