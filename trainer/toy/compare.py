@@ -54,7 +54,7 @@ class Arm:
     label: str = ""
 
 
-COLLAPSE_LR = 1e-3  # GRPO collapses the embedded model here (FIELD_NOTES; the AMR-SD claim)
+COLLAPSE_LR = 1e-3  # GRPO collapses the embedded model here (docs/toy.md; the AMR-SD claim)
 
 # Tier 1 is the must-have (GRPO learns); tier 2 the AntiSD claim; tier 3 AMR-SD's stability
 # claim; tier 4 every other method against GRPO. HSD's localisation claim needs no training.

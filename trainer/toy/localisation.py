@@ -1,6 +1,6 @@
 """HSD's localisation claim without training: where does the |signal| sit around the divergence?
 
-ALGORITHMS.md §4.6 (HSD): the credit of a failed rollout concentrates where it leaves the path of
+docs/algorithms.md §4.6 (HSD): the credit of a failed rollout concentrates where it leaves the path of
 the successful peer its teacher saw; OPSD's is "roughly uniform". On the initial policy's rollouts
 (≥ ``target`` failed rollouts that HSD gave a successful peer), with τ the first response index
 where the rollout and its peer differ (:func:`trainer.toy.analysis.first_divergence`)::

@@ -4,7 +4,8 @@ One file owns the loop (tinker-cookbook's rl/train.py layout): :class:`Config`, 
 Per step, for P prompts × G samples:
 
 1. **Rollout** (in-process): the learner's own HF model samples G completions per prompt at
-   temperature 1, stopping at ``<|im_end|>``; :func:`trainer.toy.arith.is_correct` gives r ∈ {0, 1}.
+   ``temperature`` (1 by default), stopping at ``<|im_end|>``;
+   :func:`trainer.toy.arith.is_correct` gives r ∈ {0, 1}.
 2. **Scoring** (over HTTP): ``POST /v1/advantages`` through :class:`client.TeacherClient` with the
    prompt ids, the problem and its references, and per rollout the response ids, reward, text and
    the learner's own sampling-time log-probs. The answer is Â_{i,t} for every response token.
@@ -12,18 +13,23 @@ Per step, for P prompts × G samples:
 
        L = −Σ_{b,t} m_{b,t} · min(ρ_{b,t} Â_{b,t}, clip(ρ_{b,t}, 1−ε, 1+ε) Â_{b,t}) / Σ m
 
-   ρ = π_θ/π_old with π_old the sampling-time policy. With one update per batch ρ ≡ 1 (its gradient
-   is ∇log π_θ), but the clipped form is kept so more epochs would be correct. AdamW with linear
-   warmup and grad-norm clipping (clip 1.0; learning rates measured on the embedded model: docs/toy.md).
+   ρ = π_θ/π_old with π_old the sampling-time policy, both log softmax(z/T) at the sampling
+   temperature. With one update per batch ρ ≡ 1 (its gradient is ∇log π_θ), but the clipped form
+   is kept so more epochs would be correct. AdamW, lr 2e-4 after a linear warmup, grad-norm clip
+   1.0 (docs/toy.md: 1e-5 does not move the embedded model, 1e-3 collapses it).
 4. **Teacher weights**: every ``push_every`` steps the teacher's weights are refreshed through
    ``POST /v1/weights`` (``save_pretrained`` under the server's ``TC_WEIGHTS_ROOT``, then
-   ``load_weights``), or with ``weights_sync="push"`` over a gloo group (``push_weights``,
-   docs/weights.md); later calls pass ``min_weights_version``. Which weights depends on the method's
-   teacher (docs/algorithms.md §1): the current policy (HSD, AntiSD, AMR-SD), an EMA (SDPO), a frozen copy
-   re-synced every 20 steps (RLSD), or the initial policy, never pushed (OPD, OPSD).
+   ``load_weights``); later calls pass ``min_weights_version``. Which weights depends on the
+   method's teacher (docs/algorithms.md §1): the current policy (HSD, AntiSD, AMR-SD), an EMA
+   (SDPO), a frozen copy re-synced every 20 steps (RLSD), the initial policy, never pushed (OPSD),
+   or for OPD a stronger checkpoint on its own server (:mod:`trainer.toy.opd_teacher`).
 
-Run it with ``python -m trainer.toy --method antisd --steps 60``; ``trainer/toy/compare.py`` runs
-every method. Everything is seeded: a run's problems, samples and peer draws repeat exactly.
+Logged per step: reward, policy entropy, a KL-to-initial estimate, the share of zero-variance
+groups and the method's own state (AntiSD's gate, the share of tokens whose Â ≠ A_i); held-out
+sampled/greedy accuracy and pass@k every ``eval_every`` steps (:mod:`trainer.toy.evaluate`).
+
+Run it with ``python -m trainer.toy --method antisd``; ``trainer/toy/compare.py`` runs the paired
+comparison. Everything is seeded: a run's problems, samples and peer draws repeat exactly.
 """
 
 from __future__ import annotations
@@ -59,6 +65,25 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_MODEL = REPO_ROOT / "server" / "default_model"
 
 METHODS = ("grpo", "dr_grpo", "opd", "opsd", "sdpo", "rlsd", "hsd", "antisd", "amrsd")
+NO_TEACHER = frozenset({"grpo", "dr_grpo"})
+
+# Teacher weights per method (docs/algorithms.md §1, "teacher weights" column).
+#   none:    no teacher forward, nothing to push
+#   initial: the fixed initial policy (OPSD), or the loaded model as an external teacher (OPD)
+#   ema:     an EMA of the policy, rate ema_rate (SDPO)
+#   resync:  a frozen copy re-synced every resync_every steps (RLSD)
+#   current: the current policy, pushed every push_every steps (HSD, AntiSD, AMR-SD)
+TEACHER_WEIGHTS = {
+    "grpo": "none",
+    "dr_grpo": "none",
+    "opd": "initial",
+    "opsd": "initial",
+    "sdpo": "ema",
+    "rlsd": "resync",
+    "hsd": "current",
+    "antisd": "current",
+    "amrsd": "current",
+}
 
 # AntiSD's gate forced open: warm-up done and τ_down = 0, so H < τ_down never closes it.
 ANTISD_OPEN_GATE = {"warmup_history": [0.0] * 5, "h_warm": 0.0, "tau_down": 0.0, "g": 1}
@@ -470,7 +495,7 @@ def sync_teacher_weights(
 ) -> int | None:
     """After optimizer step ``done``: push the weights the method's teacher uses, if due.
 
-    The one place the loop refreshes the teacher (ALGORITHMS.md §1, "teacher weights"). Returns
+    The one place the loop refreshes the teacher (docs/algorithms.md §1, "teacher weights"). Returns
     the new weights version, or None when nothing was pushed.
     """
     if not pusher.enabled or cfg.method in NO_TEACHER:

@@ -2,7 +2,7 @@
 
     python -m trainer.toy.opd_teacher /tmp/tokencredit-opd-teacher     # ~10-20 min on 2 cores
 
-OPD distils from a stronger model (ALGORITHMS.md §4.2); with the student as its own teacher the
+OPD distils from a stronger model (docs/algorithms.md §4.2); with the student as its own teacher the
 reverse KL is 0 and OPD does nothing by construction. This trains a copy of the initial policy
 with the toy loop (GRPO, lr 1e-4, ``steps`` steps) on a training stream no comparison seed uses
 (seed 1000) and saves it with ``save_pretrained``. ``trainer.toy.compare`` serves it from a
