@@ -15,7 +15,7 @@ Per step, for P prompts × G samples:
 
    ρ = π_θ/π_old with π_old the sampling-time policy, both log softmax(z/T) at the sampling
    temperature. With one update per batch ρ ≡ 1 (its gradient is ∇log π_θ), but the clipped form
-   is kept so more epochs would be correct. AdamW, lr 2e-4 after a linear warmup, grad-norm clip
+   is kept so more epochs would be correct. AdamW, lr 1e-4 after a linear warmup, grad-norm clip
    1.0 (docs/toy.md: 1e-5 does not move the embedded model, 1e-3 collapses it).
 4. **Teacher weights**: every ``push_every`` steps the teacher's weights are refreshed through
    ``POST /v1/weights`` (``save_pretrained`` under the server's ``TC_WEIGHTS_ROOT``, then
@@ -98,7 +98,7 @@ class Config:
     # Advantage method id, one of METHODS.
     method: str = "antisd"
     # Optimizer steps (one on-policy batch each); the comparison's design (docs/toy.md).
-    steps: int = 100
+    steps: int = 150
     # Seeds the training problems, sampling, peer draws and the optimizer's initial state.
     seed: int = 0
     # Local HF model folder of the initial policy; empty: the embedded model (or $TC_MODEL).
@@ -120,8 +120,9 @@ class Config:
 
     # ---- Optimizer ----------------------------------------------------------------------------
     # AdamW peak learning rate. On the embedded model through this loop (GRPO, 16 × 8): 1e-5 does
-    # not move it in 50 steps, 1e-4 and 2e-4 learn, 1e-3 collapses it (docs/toy.md).
-    lr: float = 2e-4
+    # not move it in 50 steps, 1e-4 learns for ~200 steps, 2e-4 peaks near step 50 and falls
+    # back, 1e-3 collapses it (docs/toy.md).
+    lr: float = 1e-4
     # Linear warmup from lr/warmup_steps to lr over this many steps, then constant.
     warmup_steps: int = 10
     # AdamW weight decay.
