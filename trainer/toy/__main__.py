@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
+import sys
 from dataclasses import MISSING, fields
 
 from trainer.toy.loop import METHODS, Config, main
@@ -63,6 +65,8 @@ def config_from_args(argv: list[str] | None = None) -> Config:
 
 
 if __name__ == "__main__":
+    # SIGTERM unwinds like Ctrl-C, so the server this run started is stopped with it.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     summary = main(config_from_args())
     keep = ("method", "steps", "initial", "final", "seconds_per_step")
     print(json.dumps({k: summary[k] for k in keep}, indent=2))
