@@ -17,7 +17,7 @@ def test_t_interval_hand_values():
     assert (iv.lo, iv.hi) == pytest.approx((2 - 2.48434, 2 + 2.48434), abs=1e-4)
     one = stats.t_interval([0.4])
     assert one.mean == 0.4 and math.isnan(one.lo)
-    assert one.fmt(100) == "40.0 (n=1, no interval)"
+    assert one.fmt(100) == "40.0 (n=1)"  # no interval from one seed
 
 
 def test_verdict_sides():

@@ -349,15 +349,19 @@ def claims(runs: dict, rows: dict, design: dict, loc: dict | None) -> list[dict]
     out = []
     if "grpo" in rows:
         g = iv(rows["grpo"]["gain"])
-        v = stats.verdict(g, 0.05)
-        if v == "inconclusive" and g.n >= 2 and g.lo > 0:
-            v = "inconclusive"  # learns, but the ≥ 5-point gain is not established
+        evidence = f"gain {g.fmt(100, 1, sign=True)} points over step 0, seeds: {g.n}"
+        out.append(
+            {
+                "claim": "GRPO learns in this setting: held-out sampled accuracy rises",
+                "evidence": evidence,
+                "verdict": stats.verdict(g, 0.0),
+            }
+        )
         out.append(
             {
                 "claim": "GRPO's held-out sampled accuracy gains ≥ 5 points",
-                "evidence": f"gain {g.fmt(100, 1, sign=True)} points, {g.n} seeds",
-                "verdict": v,
-                "interval_excludes_zero": bool(g.n >= 2 and g.lo > 0),
+                "evidence": evidence,
+                "verdict": stats.verdict(g, 0.05),
             }
         )
     for arm in ("antisd", "antisd_open"):

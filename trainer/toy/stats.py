@@ -33,7 +33,7 @@ class Interval:
     def fmt(self, scale: float = 1.0, digits: int = 1, sign: bool = False) -> str:
         m = f"{self.mean * scale:+.{digits}f}" if sign else f"{self.mean * scale:.{digits}f}"
         if math.isnan(self.lo):
-            return f"{m} (n={self.n}, no interval)"
+            return f"{m} (n={self.n})"
         return f"{m} [{self.lo * scale:.{digits}f}, {self.hi * scale:.{digits}f}]"
 
     def as_dict(self) -> dict:
