@@ -177,7 +177,7 @@ def server_env(model: str, weights_root: str | None) -> dict[str, str]:
 def execute(args: argparse.Namespace, design: dict, results: Path) -> None:
     """Run every planned (arm, seed) without a result file, one at a time, on a shared server."""
     from client import TeacherClient
-    from server.launcher import ServerProcess
+    from client.launcher import ServerProcess
 
     base = Config(
         method="grpo", model=args.model, progress=not args.no_progress, **design["config"]
@@ -257,7 +257,7 @@ def execute(args: argparse.Namespace, design: dict, results: Path) -> None:
 def start_opd_teacher(args: argparse.Namespace, stack: ExitStack, work: Path):
     """A second server holding the OPD teacher checkpoint (built on first use), no weights root."""
     from client import TeacherClient
-    from server.launcher import ServerProcess
+    from client.launcher import ServerProcess
     from trainer.toy import opd_teacher
 
     folder = Path(args.opd_teacher)

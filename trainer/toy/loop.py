@@ -19,7 +19,8 @@ Per step, for P prompts × G samples:
    1.0 (docs/toy.md: 1e-5 does not move the embedded model, 1e-3 collapses it).
 4. **Teacher weights**: every ``push_every`` steps the teacher's weights are refreshed through
    ``POST /v1/weights`` (``save_pretrained`` under the server's ``TC_WEIGHTS_ROOT``, then
-   ``load_weights``); later calls pass ``min_weights_version``. Which weights depends on the
+   ``load_weights``), or with ``weights_sync="push"`` over a gloo group (``push_weights``,
+   docs/weights.md); later calls pass ``min_weights_version``. Which weights depends on the
    method's teacher (docs/algorithms.md §1): the current policy (HSD, AntiSD, AMR-SD), an EMA
    (SDPO), a frozen copy re-synced every 20 steps (RLSD), the initial policy, never pushed (OPSD),
    or for OPD a stronger checkpoint on its own server (:mod:`trainer.toy.opd_teacher`).
@@ -65,25 +66,6 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_MODEL = REPO_ROOT / "server" / "default_model"
 
 METHODS = ("grpo", "dr_grpo", "opd", "opsd", "sdpo", "rlsd", "hsd", "antisd", "amrsd")
-NO_TEACHER = frozenset({"grpo", "dr_grpo"})
-
-# Teacher weights per method (docs/algorithms.md §1, "teacher weights" column).
-#   none:    no teacher forward, nothing to push
-#   initial: the fixed initial policy (OPSD), or the loaded model as an external teacher (OPD)
-#   ema:     an EMA of the policy, rate ema_rate (SDPO)
-#   resync:  a frozen copy re-synced every resync_every steps (RLSD)
-#   current: the current policy, pushed every push_every steps (HSD, AntiSD, AMR-SD)
-TEACHER_WEIGHTS = {
-    "grpo": "none",
-    "dr_grpo": "none",
-    "opd": "initial",
-    "opsd": "initial",
-    "sdpo": "ema",
-    "rlsd": "resync",
-    "hsd": "current",
-    "antisd": "current",
-    "amrsd": "current",
-}
 
 # AntiSD's gate forced open: warm-up done and τ_down = 0, so H < τ_down never closes it.
 ANTISD_OPEN_GATE = {"warmup_history": [0.0] * 5, "h_warm": 0.0, "tau_down": 0.0, "g": 1}
@@ -197,6 +179,8 @@ class Config:
             raise ValueError("temperature must be > 0 (the rollouts are sampled)")
         if self.eval_samples < 1 or self.eval_every < 1:
             raise ValueError("eval_samples and eval_every must be >= 1")
+        if self.weights_sync not in ("disk", "push"):
+            raise ValueError(f'weights_sync must be "disk" or "push", got {self.weights_sync!r}')
         if self.push_every < 1 or self.resync_every < 1:
             raise ValueError("push_every and resync_every must be >= 1")
 
@@ -454,41 +438,6 @@ def lr_at(step: int, cfg: Config) -> float:
 
 
 # ---- Teacher weights ----------------------------------------------------------------------------
-
-
-class WeightPusher:
-    """Saves checkpoints under the server's weights root and loads them with ``POST /v1/weights``.
-
-    Keeps only the newest checkpoint folder: the server holds the weights in memory once loaded.
-    """
-
-    def __init__(self, client: TeacherClient, weights_root: str, run_name: str):
-        self.client = client
-        self.root = Path(weights_root) if weights_root else None
-        self.run_name = run_name
-        self.version: int | None = None
-        self._last: Path | None = None
-        self.seconds = 0.0
-
-    @property
-    def enabled(self) -> bool:
-        return self.root is not None
-
-    def push(self, model, tokenizer, tag: str) -> int | None:
-        if self.root is None:
-            return None
-        started = time.perf_counter()
-        rel = Path(self.run_name) / tag
-        folder = self.root / rel
-        model.save_pretrained(folder)
-        tokenizer.save_pretrained(folder)
-        res = self.client.load_weights(str(rel))
-        if self._last is not None and self._last != folder:
-            shutil.rmtree(self._last, ignore_errors=True)
-        self._last = folder
-        self.version = res.weights_version
-        self.seconds += time.perf_counter() - started
-        return self.version
 
 
 def sync_teacher_weights(
