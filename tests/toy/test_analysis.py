@@ -80,3 +80,23 @@ def test_sign_flips():
     assert analysis.sign_flips(keeps, A) == (0, 6)
     flipped = [np.array([-0.1, 3.0]), np.array([-0.5, 0.0]), np.array([0.2, 0.0])]
     assert analysis.sign_flips(flipped, A) == (2, 6)  # -0.1 under A>0, 0.2 under A=0
+
+
+def test_amrsd_never_flips_a_sign_by_construction():
+    """Â = A_i·(1 + Δ_t), Δ_t ≥ 0: a property of the formula (a unit test, not a result)."""
+    import torch
+
+    from server.credit.amrsd import amrsd_advantages
+
+    gen = torch.Generator().manual_seed(0)
+    u_BT = torch.randn(64, 30, generator=gen, dtype=torch.float64) * 6  # beyond ±kappa too
+    A_B = torch.randn(64, generator=gen, dtype=torch.float64)
+    A_B[::7] = 0.0
+    mask_BT = torch.rand(64, 30, generator=gen) < 0.8
+    adv_BT, delta_BT = amrsd_advantages(u_BT, A_B, mask_BT, lam=0.2, gamma=0.1)
+    assert (delta_BT >= 0).all() and (delta_BT > 0).any()
+    flips, total = analysis.sign_flips(list(adv_BT.numpy()), A_B.numpy())
+    assert total == 64 * 30 and flips == 0
+    # Amplifies, never shrinks: |Â| ≥ |A_i| on masked-in tokens.
+    on = mask_BT
+    assert (adv_BT.abs()[on] >= A_B[:, None].abs().expand_as(adv_BT)[on] - 1e-12).all()

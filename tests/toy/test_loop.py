@@ -77,7 +77,17 @@ def test_three_steps_push_weights_and_log(toy_server, tmp_path):
     assert len(summary["final_state"]["warmup_history"]) == 3
     assert all(x["gate"] == 0 for x in logs)
     assert summary["eval_curve"][0][0] == 0 and summary["eval_curve"][-1][0] == 3
-    assert 0.0 <= summary["final_eval_accuracy"] <= 1.0
+    for key in ("sampled", "greedy", "pass_at_k"):
+        assert 0.0 <= summary["final"][key] <= 1.0
+    assert summary["final"]["pass_at_k"] >= summary["final"]["sampled"]
+    # Per-step diagnostics: entropy of the policy, KL to the initial policy (exactly 0 before the
+    # first update), share of zero-variance groups, the method's own state.
+    assert all(x["entropy"] > 0 for x in logs)
+    assert logs[0]["kl_initial"] == pytest.approx(0.0, abs=1e-9)
+    assert all(x["kl_initial"] >= 0 for x in logs)
+    assert all(0.0 <= x["zero_variance_groups"] <= 1.0 for x in logs)
+    assert summary["per_step"]["entropy"] == [round(x["entropy"], 5) for x in logs]
+    assert summary["gate_open_share"] is None  # 3 steps: still inside the 5-step warm-up
     # Only the newest checkpoint folder is kept.
     assert len(list((toy_server.weights_root / Path(cfg.run_dir).name).iterdir())) == 1
 
@@ -133,12 +143,67 @@ def test_advantages_have_response_shapes(toy_server, tmp_path):
     loss.backward()
 
 
+def test_learner_logprobs_use_the_sampling_temperature(tmp_path):
+    """π_old, π_θ and the sent student_logprobs are log softmax(z / T) at the sampling T."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    cfg = small_config(tmp_path, method="grpo", temperature=0.7)
+    tokenizer = AutoTokenizer.from_pretrained(MODEL)
+    model = AutoModelForCausalLM.from_pretrained(MODEL, dtype=torch.float32)
+    torch.manual_seed(0)
+    batch = loop.sample_batch(model, tokenizer, generate_problems(2, seed=3), cfg)
+    lp_BT, ent_BT = loop.response_logprobs_entropy(model, batch, cfg.temperature)
+    with torch.no_grad():
+        pos = (batch.attn_BS.cumsum(1) - 1).clamp(min=0)
+        logits = model(input_ids=batch.input_ids_BS, attention_mask=batch.attn_BS, position_ids=pos)
+        z = logits.logits[:, batch.prompt_len - 1 : -1] / 0.7
+        want = torch.log_softmax(z, -1).gather(-1, batch.input_ids_BS[:, batch.prompt_len :, None])
+    m = batch.resp_mask_BT.bool()
+    torch.testing.assert_close(lp_BT[m], want[..., 0][m], atol=1e-5, rtol=0)
+    # And not the T = 1 log-probs (the loop sent those before).
+    assert not torch.allclose(lp_BT[m], loop.response_logprobs(model, batch)[m], atol=1e-3)
+    p = torch.softmax(z, -1)
+    torch.testing.assert_close(ent_BT[m], -(p * p.log()).sum(-1)[m], atol=1e-5, rtol=0)
+    sent = loop.request_groups(batch, lp_BT.detach(), cfg.group_size)
+    np.testing.assert_allclose(
+        sent[0]["rollouts"][0]["student_logprobs"],
+        lp_BT[0, : len(batch.response_ids_B[0])].detach().numpy(),
+    )
+
+
+def test_diagnostics_on_hand_values():
+    # Groups [1,1,1,1] and [0,1,0,0]: one of two has zero variance.
+    assert loop.zero_variance_share(np.array([1, 1, 1, 1, 0, 1, 0, 0.0]), G=4) == 0.5
+    # k3 = ρ − 1 − log ρ with log ρ = init − θ: log ρ = log 2 -> 1 − log 2; masked token ignored.
+    lp = torch.tensor([[0.0, -1.0, 5.0]])
+    init = torch.tensor([[0.0, -1.0 + np.log(2.0), 0.0]])
+    mask = torch.tensor([[1, 1, 0]])
+    assert loop.kl_to_initial(lp, init, mask) == pytest.approx((0 + 1 - np.log(2)) / 2)
+    # Â vs A_i: 1 of the 2 tokens of the A_i ≠ 0 rollout changed; the A_i = 0 rollout ignored.
+    adv = [np.array([1.5, 1.8]), np.array([0.3, 0.0])]
+    assert loop.modulated_share(adv, np.array([1.5, 0.0])) == 0.5
+
+
+def test_schedules_scale_to_the_run_and_feedback_names_the_answer():
+    assert loop.method_params(loop.Config(method="amrsd", steps=120)) == {"t_decay": 120}
+    assert loop.method_params(loop.Config(method="rlsd", steps=80)) == {"decay_steps": 80}
+    fixed = loop.Config(method="amrsd", steps=120, method_params={"t_decay": 50})
+    assert loop.method_params(fixed) == {"t_decay": 50}
+    off = loop.Config(method="amrsd", steps=120, scale_schedules=False)
+    assert loop.method_params(off) == {}
+    assert loop.feedback_for("2+2=5. \\boxed{5}", 0.0) == "The final answer 5 is wrong."
+    assert "no final answer" in loop.feedback_for("2+2=", 0.0)
+    assert loop.feedback_for("2+2=4. \\boxed{4}", 1.0) is None
+
+
 def test_cli_builds_config():
     cfg = config_from_args(
         ["--method", "amrsd", "--steps", "7", "--lr", "5e-6", "--no-progress", "--param", "tau=1.0"]
     )
     assert (cfg.method, cfg.steps, cfg.lr, cfg.progress) == ("amrsd", 7, 5e-6, False)
     assert cfg.method_params == {"tau": 1.0}
+    open_gate = config_from_args(["--method", "antisd", "--method-state", '{"g": 1}'])
+    assert open_gate.method_state == {"g": 1}
     assert cfg.teacher_policy == "current"
     assert loop.Config(method="opsd").teacher_policy == "initial"
     assert loop.Config(method="dr_grpo").agg == "seq_sum_const"

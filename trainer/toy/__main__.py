@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
+import sys
 from dataclasses import MISSING, fields
 
 from trainer.toy.loop import METHODS, Config, main
@@ -25,6 +27,15 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m trainer.toy", description=__doc__)
     for f in fields(Config):
         if f.name == "method_params":
+            continue
+        if f.name == "method_state":
+            ap.add_argument(
+                "--method-state",
+                type=json.loads,
+                default=None,
+                help="initial method state as JSON, e.g. AntiSD's gate held open: "
+                '\'{"warmup_history": [0,0,0,0,0], "h_warm": 0, "tau_down": 0, "g": 1}\'',
+            )
             continue
         flag = "--" + f.name.replace("_", "-")
         default = f.default if f.default is not MISSING else None
@@ -54,6 +65,8 @@ def config_from_args(argv: list[str] | None = None) -> Config:
 
 
 if __name__ == "__main__":
+    # SIGTERM unwinds like Ctrl-C, so the server this run started is stopped with it.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     summary = main(config_from_args())
-    keep = ("method", "steps", "initial_eval_accuracy", "final_eval_accuracy", "seconds_per_step")
+    keep = ("method", "steps", "initial", "final", "seconds_per_step")
     print(json.dumps({k: summary[k] for k in keep}, indent=2))

@@ -34,6 +34,7 @@ from trainer.toy import analysis
 from trainer.toy.arith import random_problem
 from trainer.toy.compare import replace_block
 from trainer.toy.loop import (
+    ANTISD_OPEN_GATE,
     REPO_ROOT,
     TRAIN_SEED_OFFSET,
     Config,
@@ -45,9 +46,8 @@ from trainer.toy.loop import (
 
 SHOWN = ("hsd", "antisd", "amrsd")
 WINDOW = 8
-# AntiSD's gate is closed (λ = 0) for its first warmup_steps calls; a state past warm-up with
-# h_warm = 0 keeps it open, so the figure shows δ_t at λ = lam_max.
-ANTISD_OPEN_GATE = {"warmup_history": [0.0] * 5, "h_warm": 0.0, "tau_down": 0.0, "g": 1}
+# AntiSD's gate is closed (λ = 0) for its first warmup_steps calls; ANTISD_OPEN_GATE (past
+# warm-up, h_warm = 0) keeps it open, so the figure shows δ_t at λ = lam_max.
 
 
 def token_strings(tokenizer, ids: list[int]) -> list[str]:
