@@ -1,7 +1,9 @@
 """Shared fixtures: the real model, and real servers.
 
-One way to start a server, ``start_server`` (``TC_TEST_DEVICE`` and the test model honoured):
-session-scoped subprocesses (``client.launcher.ServerProcess``) running ``uvicorn server.app:app``
+One way to start a server, ``start_server`` (``TC_TEST_DEVICE`` and the test model honoured);
+test modules reach it through the ``server_env`` and ``make_server`` fixtures (they must not import
+``tests.conftest``: OpenRLHF's wheel installs a top-level ``tests`` package that shadows ours).
+Session-scoped subprocesses (``client.launcher.ServerProcess``) running ``uvicorn server.app:app``
 on real ports, for what needs a real process (concurrency, signals, failover, load). ``server`` is
 parametrised over the backends present: ``hf`` always, ``vllm`` when vllm imports (set
 ``TC_TEST_BACKENDS=hf`` to pick). ``TC_TEST_DEVICE=cuda`` runs the servers on a GPU (reference
@@ -61,9 +63,32 @@ def server_env(**env: str) -> dict[str, str]:
     return {**base, **env}
 
 
-def start_server(tmp_path_factory, name: str, env: dict[str, str]) -> ServerProcess:
+def new_server(tmp_path_factory, name: str, env: dict[str, str], **kw) -> ServerProcess:
+    """A server on ``server_env(**env)`` logging to a fresh folder ``name``, not yet started;
+    ``kw`` goes to ``ServerProcess`` (``port``, ``ready_timeout``)."""
     log = Path(tmp_path_factory.mktemp(name)) / "server.log"
-    return ServerProcess(env=server_env(**env), log_path=log).start()
+    return ServerProcess(env=server_env(**env), log_path=log, **kw)
+
+
+def start_server(tmp_path_factory, name: str, env: dict[str, str]) -> ServerProcess:
+    return new_server(tmp_path_factory, name, env).start()
+
+
+@pytest.fixture(scope="session", name="server_env")
+def server_env_fixture():
+    """`server_env` for test modules: ``server_env(**overrides) -> env``."""
+    return server_env
+
+
+@pytest.fixture(scope="session")
+def make_server(tmp_path_factory):
+    """``make_server(name, port=None, ready_timeout=300, **env) -> ServerProcess``, unstarted
+    (``with`` or ``.start()``), on ``server_env(**env)``, its log under a fresh folder ``name``."""
+
+    def make(name: str, *, port: int | None = None, ready_timeout: float = 300.0, **env: str):
+        return new_server(tmp_path_factory, name, env, port=port, ready_timeout=ready_timeout)
+
+    return make
 
 
 class AppServer:

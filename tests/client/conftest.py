@@ -10,11 +10,9 @@ talks to a network peer that behaves like a flaky replica. Nothing of the client
 from __future__ import annotations
 
 import asyncio
-import os
 import threading
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import httpx
 import pytest
@@ -25,7 +23,6 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from client.launcher import ServerProcess, free_port
-from server.settings import DEFAULT_MODEL_DIR
 
 
 @dataclass
@@ -146,7 +143,7 @@ def faults(proxy):
 
 
 @pytest.fixture(scope="session")
-def spare(server, tmp_path_factory):
+def spare(server, tmp_path_factory, make_server):
     """Factory of a second real server (same backend as `server`) that a test may stop; a
     stopped one is replaced on the next call."""
     state: dict[str, ServerProcess] = {}
@@ -155,17 +152,12 @@ def spare(server, tmp_path_factory):
         proc = state.get("proc")
         if proc is None or proc.proc.poll() is not None:
             root = tmp_path_factory.mktemp("spare-weights")
-            log = Path(tmp_path_factory.mktemp("spare")) / "server.log"
-            env = {
-                "TC_MODEL": os.environ.get("TC_TEST_MODEL") or str(DEFAULT_MODEL_DIR),
-                "TC_DEVICE": "cpu",
-                "TC_DTYPE": "float32",
-                "TC_LOG_LEVEL": "warning",
-                "TC_BACKEND": getattr(server, "backend", "hf"),
-                "TC_WEIGHTS_ROOT": str(root),
-                "TC_DRAIN_SECONDS": "5",
-            }
-            proc = ServerProcess(env=env, log_path=log).start()
+            proc = make_server(
+                "spare",
+                TC_BACKEND=getattr(server, "backend", "hf"),
+                TC_WEIGHTS_ROOT=str(root),
+                TC_DRAIN_SECONDS="5",
+            ).start()
             proc.weights_root = root
             state["proc"] = proc
         return proc

@@ -180,18 +180,12 @@ def test_non_finite_advantages_never_reach_the_experiences(orlhf, hf_model):
     assert exp.advantages is sentinel and credit.calls == 0
 
 
-def test_a_step_waits_for_a_teacher_that_comes_back(orlhf, hf_model, model_path, tmp_path, caplog):
+def test_a_step_waits_for_a_teacher_that_comes_back(orlhf, hf_model, server_env, tmp_path, caplog):
     """The pool is down when the step starts and up ~seconds later: the transport gives up
     after its retries, the step's call is tried again (each wait logged) and succeeds."""
     exp = left_padded_experience(orlhf, hf_model, rollouts(hf_model[1]))
     port = free_port()
-    env = {
-        "TC_MODEL": model_path,
-        "TC_DEVICE": "cpu",
-        "TC_DTYPE": "float32",
-        "TC_LOG_LEVEL": "warning",
-    }
-    proc = ServerProcess(env=env, port=port, log_path=tmp_path / "server.log")
+    proc = ServerProcess(env=server_env(), port=port, log_path=tmp_path / "server.log")
     starter = threading.Thread(target=lambda: (time.sleep(2.0), proc.start()))
     credit = TeacherCredit(
         PluginConfig(urls=(proc.url,), method="grpo", retries=1, step_retry=600.0)

@@ -28,17 +28,9 @@ pytestmark = pytest.mark.openrlhf
 
 
 @pytest.fixture(scope="module")
-def weights_server(tmp_path_factory, model_path):
+def weights_server(tmp_path_factory, make_server):
     root = tmp_path_factory.mktemp("weights-openrlhf")
-    log = tmp_path_factory.mktemp("weights-openrlhf-log") / "server.log"
-    env = {
-        "TC_MODEL": model_path,
-        "TC_DEVICE": "cpu",
-        "TC_DTYPE": "float32",
-        "TC_LOG_LEVEL": "warning",
-        "TC_WEIGHTS_ROOT": str(root),
-    }
-    with ServerProcess(env=env, log_path=log) as proc:
+    with make_server("weights-openrlhf-log", TC_WEIGHTS_ROOT=str(root)) as proc:
         proc.weights_root = root
         yield proc
 
@@ -139,18 +131,12 @@ def test_a_run_puts_its_own_weights_on_a_pool_that_served_an_earlier_run(
         resumed.client.close()
 
 
-def test_a_restarted_replica_gets_the_weights_back(orlhf, model_path, tmp_path, caplog):
+def test_a_restarted_replica_gets_the_weights_back(orlhf, model_path, server_env, tmp_path, caplog):
     """A replica restarts on its start-up model (version 0): the run's next call gets a 409,
     the plugin reloads the run's weights there and the step goes on."""
     root = tmp_path / "root"
     shutil.copytree(model_path, root / "base")
-    env = {
-        "TC_MODEL": model_path,
-        "TC_DEVICE": "cpu",
-        "TC_DTYPE": "float32",
-        "TC_LOG_LEVEL": "warning",
-        "TC_WEIGHTS_ROOT": str(root),
-    }
+    env = server_env(TC_WEIGHTS_ROOT=str(root))
     proc = ServerProcess(env=env, log_path=tmp_path / "server.log").start()
     credit = syncing_credit(proc.url, int(time.time()), retries=1, step_retry=300)
     try:

@@ -68,16 +68,9 @@ def big_batch(n: int = 48, length: int = 500) -> dict:
     }
 
 
-def start(tmp_path_factory, model_path, name: str, **env: str) -> ServerProcess:
-    base = {"TC_MODEL": model_path, "TC_DEVICE": "cpu", "TC_DTYPE": "float32"}
-    base["TC_LOG_LEVEL"] = "warning"
-    log = tmp_path_factory.mktemp(name) / "server.log"
-    return ServerProcess(env={**base, **env}, log_path=log)  # started by `with`
-
-
-def test_hung_forward_hits_the_deadline_hf(tmp_path_factory, model_path):
+def test_hung_forward_hits_the_deadline_hf(make_server):
     # A 50 ms deadline is far shorter than a 24,000-token batch on this CPU: the call "hangs".
-    with start(tmp_path_factory, model_path, "deadline-hf", TC_ENGINE_CALL_TIMEOUT="0.05") as srv:
+    with make_server("deadline-hf", TC_ENGINE_CALL_TIMEOUT="0.05") as srv:
         assert httpx.post(srv.url + "/v1/logprobs", json=SCORE, timeout=30).status_code in (
             200,
             503,
@@ -94,10 +87,8 @@ def test_hung_forward_hits_the_deadline_hf(tmp_path_factory, model_path):
 
 @needs_vllm
 @pytest.mark.vllm
-def test_stopped_engine_core_hits_the_deadline_vllm(tmp_path_factory, model_path):
-    with start(
-        tmp_path_factory, model_path, "hung-vllm", TC_BACKEND="vllm", TC_ENGINE_CALL_TIMEOUT="3"
-    ) as srv:
+def test_stopped_engine_core_hits_the_deadline_vllm(make_server):
+    with make_server("hung-vllm", TC_BACKEND="vllm", TC_ENGINE_CALL_TIMEOUT="3") as srv:
         assert httpx.post(srv.url + "/v1/logprobs", json=SCORE, timeout=60).status_code == 200
         core = engine_core(srv)
         core.send_signal(signal.SIGSTOP)  # a forward that never returns
@@ -113,11 +104,9 @@ def test_stopped_engine_core_hits_the_deadline_vllm(tmp_path_factory, model_path
 
 
 @pytest.fixture(params=["hf", pytest.param("vllm", marks=[needs_vllm, pytest.mark.vllm])])
-def replica_pair(request, bench, model_path, tmp_path_factory):
-    env = bench.server_env(model_path, 1, TC_BACKEND=request.param)
+def replica_pair(request, make_server):
     servers = [
-        ServerProcess(env=env, log_path=tmp_path_factory.mktemp(f"pair-{n}") / "server.log")
-        for n in "ab"
+        make_server(f"pair-{n}", TC_BACKEND=request.param, OMP_NUM_THREADS="1") for n in "ab"
     ]
     try:
         for s in servers:

@@ -24,12 +24,8 @@ CONCURRENCY = 8
 
 
 @pytest.fixture(scope="module")
-def replicas(bench, model_path, tmp_path_factory):
-    env = bench.server_env(model_path, 1)
-    servers = [
-        ServerProcess(env=env, log_path=tmp_path_factory.mktemp(f"replica-{n}") / "server.log")
-        for n in "ab"
-    ]
+def replicas(make_server):
+    servers = [make_server(f"replica-{n}", OMP_NUM_THREADS="1") for n in "ab"]
     try:
         with cf.ThreadPoolExecutor(2) as pool:  # start both at once
             list(pool.map(ServerProcess.start, servers))

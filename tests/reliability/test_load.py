@@ -14,8 +14,6 @@ import os
 import httpx
 import pytest
 
-from client.launcher import ServerProcess
-
 CLIENTS = int(os.environ.get("TC_LOAD_CLIENTS", "64"))
 SECONDS = float(os.environ.get("TC_LOAD_SECONDS", "20"))
 QUEUE = 16
@@ -26,10 +24,8 @@ RSS_GROWTH_LIMIT = 512 * 2**20
 
 
 @pytest.fixture(scope="module")
-def report(bench, model_path, tmp_path_factory):
-    log = tmp_path_factory.mktemp("load-server") / "server.log"
-    env = bench.server_env(model_path, 1, TC_MAX_QUEUE=str(QUEUE))
-    with ServerProcess(env=env, log_path=log) as server:
+def report(bench, make_server):
+    with make_server("load-server", TC_MAX_QUEUE=str(QUEUE), OMP_NUM_THREADS="1") as server:
         info = httpx.get(server.url + "/v1/model", timeout=30).json()
         yield bench.run_load(
             server.url,
@@ -76,12 +72,11 @@ def test_healthy_and_idle_after(report):
     assert report.depth_after == 0
 
 
-def test_scoring_is_not_starved_by_a_hints_flood(bench, model_path, tmp_path_factory):
+def test_scoring_is_not_starved_by_a_hints_flood(bench, make_server):
     """4 clients send /v1/hints back to back; small scoring calls keep answering: no error and a
     p99 within 5 s (generation runs in its own admitted lane, server/batcher.py; a scoring
     call stuck behind whole generations would wait tens of seconds here)."""
-    log = tmp_path_factory.mktemp("flood-server") / "server.log"
-    with ServerProcess(env=bench.server_env(model_path, 1), log_path=log) as server:
+    with make_server("flood-server", OMP_NUM_THREADS="1") as server:
         flood = bench.run_generation_flood(
             server.url, seconds=10.0, hint_clients=4, rollouts=8, max_tokens=64
         )

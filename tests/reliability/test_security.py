@@ -21,8 +21,6 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from client.launcher import ServerProcess
-
 REPO = Path(__file__).resolve().parents[2]
 API_KEY = "sec-api-" + secrets.token_hex(8)
 ADMIN_KEY = "sec-admin-" + secrets.token_hex(8)
@@ -56,20 +54,16 @@ def weights_root(tmp_path_factory, model_path):
 
 
 @pytest.fixture(scope="module")
-def secure(tmp_path_factory, model_path, weights_root):
+def secure(make_server, weights_root):
     root, _ = weights_root
-    log = tmp_path_factory.mktemp("sec-server") / "server.log"
     env = {
-        "TC_MODEL": model_path,
-        "TC_DEVICE": "cpu",
-        "TC_DTYPE": "float32",
         "TC_LOG_LEVEL": "debug",
         "TC_API_KEYS": f"other-key-1,{API_KEY}",
         "TC_ADMIN_KEYS": ADMIN_KEY,
         "TC_MAX_BODY_BYTES": str(BODY_LIMIT),
         "TC_WEIGHTS_ROOT": str(root),
     }
-    with ServerProcess(env=env, log_path=log) as server:
+    with make_server("sec-server", **env) as server:
         yield server
 
 

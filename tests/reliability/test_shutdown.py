@@ -22,13 +22,8 @@ def wait_in_flight(url: str, n: int, timeout: float = 60.0) -> None:
     raise TimeoutError(f"fewer than {n} requests in flight after {timeout}s")
 
 
-def test_sigterm_drains_in_flight_requests(model_path, tmp_path):
-    env = {
-        "TC_MODEL": model_path,
-        "TC_DEVICE": "cpu",
-        "TC_LOG_LEVEL": "info",
-        "TC_BATCH_WAIT_MS": "0",
-    }
+def test_sigterm_drains_in_flight_requests(server_env, tmp_path):
+    env = server_env(TC_LOG_LEVEL="info", TC_BATCH_WAIT_MS="0")
     server = ServerProcess(env=env, log_path=tmp_path / "server.log").start()
     seq = {
         "context_ids": [1 + i % 250 for i in range(300)],
@@ -55,17 +50,11 @@ def test_sigterm_drains_in_flight_requests(model_path, tmp_path):
     assert "Shutting down" in log or "Finished server process" in log
 
 
-def test_request_outliving_the_drain_window_gets_a_json_503(model_path, tmp_path):
+def test_request_outliving_the_drain_window_gets_a_json_503(server_env, tmp_path):
     """uvicorn cancels what is still running after --timeout-graceful-shutdown; that request used
     to get a text/plain 500. Queue far more work than one second drains, SIGTERM, and every
     answer is a 200 or a JSON 503 ``shutting_down``, never a 500."""
-    env = {
-        "TC_MODEL": model_path,
-        "TC_DEVICE": "cpu",
-        "TC_LOG_LEVEL": "info",
-        "TC_BATCH_WAIT_MS": "0",
-        "TC_DRAIN_SECONDS": "1",
-    }
+    env = server_env(TC_LOG_LEVEL="info", TC_BATCH_WAIT_MS="0", TC_DRAIN_SECONDS="1")
     server = ServerProcess(env=env, log_path=tmp_path / "server.log").start()
     seq = {
         "context_ids": [1 + i % 250 for i in range(300)],

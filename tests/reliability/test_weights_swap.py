@@ -18,8 +18,6 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen3Config, Qwen3ForCausalLM
 
-from client.launcher import ServerProcess
-
 SEQS = [
     {"context_ids": [1, 2, 3, 4, 5], "target_ids": [6, 7, 8, 9, 10, 11]},
     {"context_ids": [12], "target_ids": [13, 14]},
@@ -69,16 +67,9 @@ def checkpoints(tmp_path_factory, model_path):
 
 
 @pytest.fixture(scope="module")
-def swap_server(checkpoints, model_path, tmp_path_factory):
+def swap_server(checkpoints, make_server):
     root, _ = checkpoints
-    log = tmp_path_factory.mktemp("swap-server") / "server.log"
-    env = {
-        "TC_MODEL": model_path,
-        "TC_WEIGHTS_ROOT": str(root),
-        "TC_DEVICE": "cpu",
-        "TC_LOG_LEVEL": "warning",
-    }
-    with ServerProcess(env=env, log_path=log) as server:
+    with make_server("swap-server", TC_WEIGHTS_ROOT=str(root)) as server:
         yield server
 
 

@@ -7,8 +7,6 @@ import concurrent.futures as cf
 import httpx
 import pytest
 
-from client.launcher import ServerProcess
-
 
 def bearer(key):
     return {"Authorization": f"Bearer {key}"}
@@ -87,10 +85,8 @@ LIMITS = {
 
 
 @pytest.fixture(scope="module")
-def limits_server(tmp_path_factory, model_path):
-    env = {"TC_MODEL": model_path, "TC_DEVICE": "cpu", "TC_DTYPE": "float32", **LIMITS}
-    log = tmp_path_factory.mktemp("server-limits") / "server.log"
-    proc = ServerProcess(env={**env, "TC_LOG_LEVEL": "warning"}, log_path=log).start()
+def limits_server(make_server):
+    proc = make_server("server-limits", **LIMITS).start()
     yield proc
     proc.stop()
 

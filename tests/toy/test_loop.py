@@ -16,7 +16,6 @@ import pytest
 import torch
 
 from client import TeacherClient
-from client.launcher import ServerProcess
 from server.settings import DEFAULT_MODEL_DIR
 from trainer.toy import loop
 from trainer.toy.__main__ import config_from_args
@@ -26,19 +25,15 @@ MODEL = os.environ.get("TC_TEST_MODEL") or str(DEFAULT_MODEL_DIR)
 
 
 @pytest.fixture(scope="module")
-def toy_server(tmp_path_factory):
+def toy_server(tmp_path_factory, make_server):
     root = tmp_path_factory.mktemp("toy-weights")
     env = {
         "TC_MODEL": MODEL,
         "TC_BACKEND": "hf",
-        "TC_DEVICE": "cpu",
-        "TC_DTYPE": "float32",
         "TC_WEIGHTS_ROOT": str(root),
-        "TC_LOG_LEVEL": "warning",
         "OMP_NUM_THREADS": "1",
     }
-    log = tmp_path_factory.mktemp("toy-server") / "server.log"
-    with ServerProcess(env=env, log_path=log) as proc:
+    with make_server("toy-server", **env) as proc:
         proc.weights_root = root
         yield proc
 

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 
-from client.launcher import ServerProcess
 from server.settings import DEFAULT_MODEL_DIR
 
 
@@ -27,20 +26,17 @@ def require_trl():
 
 
 @pytest.fixture(scope="session")
-def trl_server(tmp_path_factory):
-    """An hf server whose TC_WEIGHTS_ROOT the trainers push into."""
+def trl_server(tmp_path_factory, make_server):
+    """An hf server whose TC_WEIGHTS_ROOT the trainers push into (the embedded model whatever
+    TC_TEST_MODEL says: the trainers train it and push its weights)."""
     root = Path(tmp_path_factory.mktemp("trl-weights"))
-    log = Path(tmp_path_factory.mktemp("trl-server")) / "server.log"
     env = {
         "TC_MODEL": str(DEFAULT_MODEL_DIR),
         "TC_BACKEND": "hf",
-        "TC_DEVICE": "cpu",
-        "TC_DTYPE": "float32",
-        "TC_LOG_LEVEL": "warning",
         "TC_WEIGHTS_ROOT": str(root),
         "OMP_NUM_THREADS": "1",
     }
-    proc = ServerProcess(env=env, log_path=log).start()
+    proc = make_server("trl-server", **env).start()
     proc.weights_root = root
     yield proc
     proc.stop()

@@ -18,7 +18,6 @@ from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.support.ui import WebDriverWait
 
-from client.launcher import ServerProcess
 from server.settings import DEFAULT_MODEL_DIR
 
 CHROMIUM = "/usr/bin/chromium"
@@ -27,18 +26,10 @@ API_KEY = "ui-test-key"
 
 
 @pytest.fixture(scope="session")
-def ui_server(tmp_path_factory):
+def ui_server(make_server):
     """The embedded model on the hf backend, TC_UI=true, behind one API key."""
-    env = {
-        "TC_MODEL": str(DEFAULT_MODEL_DIR),
-        "TC_DEVICE": "cpu",
-        "TC_DTYPE": "float32",
-        "TC_LOG_LEVEL": "warning",
-        "TC_UI": "true",
-        "TC_API_KEYS": API_KEY,
-    }
-    log = tmp_path_factory.mktemp("server-ui") / "server.log"
-    proc = ServerProcess(env=env, log_path=log).start()
+    env = {"TC_MODEL": str(DEFAULT_MODEL_DIR), "TC_UI": "true", "TC_API_KEYS": API_KEY}
+    proc = make_server("server-ui", **env).start()
     yield proc
     proc.stop()
 

@@ -15,18 +15,23 @@ from server.settings import DEFAULT_MODEL_DIR
 API_KEY, ADMIN_KEY = "push-api-key", "push-admin-key"
 
 
-def replica_env(weights_root: Path, backend: str = "hf") -> dict[str, str]:
-    return {
-        "TC_MODEL": str(DEFAULT_MODEL_DIR),
-        "TC_BACKEND": backend,
-        "TC_DEVICE": "cpu",
-        "TC_DTYPE": "float32",
-        "TC_LOG_LEVEL": "info",
-        "TC_API_KEYS": API_KEY,
-        "TC_ADMIN_KEYS": ADMIN_KEY,
-        "TC_WEIGHTS_ROOT": str(weights_root),
-        "OMP_NUM_THREADS": "1",
-    }
+@pytest.fixture(scope="session")
+def replica_env(server_env):
+    """``replica_env(weights_root, backend="hf")``: a replica's env. The model is the embedded one
+    whatever TC_TEST_MODEL says: the pushes are perturbations of it."""
+
+    def env(weights_root: Path, backend: str = "hf") -> dict[str, str]:
+        return server_env(
+            TC_MODEL=str(DEFAULT_MODEL_DIR),
+            TC_BACKEND=backend,
+            TC_LOG_LEVEL="info",
+            TC_API_KEYS=API_KEY,
+            TC_ADMIN_KEYS=ADMIN_KEY,
+            TC_WEIGHTS_ROOT=str(weights_root),
+            OMP_NUM_THREADS="1",
+        )
+
+    return env
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +40,7 @@ def weights_root(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def replicas(tmp_path_factory, weights_root):
+def replicas(tmp_path_factory, weights_root, replica_env):
     logs = tmp_path_factory.mktemp("push-logs")
     procs = [
         ServerProcess(env=replica_env(weights_root), log_path=logs / f"replica-{i}.log")

@@ -26,7 +26,7 @@ from client import (
 )
 from client.launcher import REPO_ROOT, ServerProcess
 
-from .conftest import ADMIN_KEY, API_KEY, perturbed, replica_env
+from .conftest import ADMIN_KEY, API_KEY, perturbed
 
 SEQS = [
     {"context_ids": [1, 2, 3, 4], "target_ids": [5, 6, 7, 8, 9]},
@@ -247,7 +247,7 @@ def _same(a, b) -> bool:
     return a[0] == b[0] and all(np.array_equal(x, y) for x, y in zip(a[1], b[1]))
 
 
-def test_a_restarted_replica_rejoins_at_the_next_push(tmp_path, weights_root, model):
+def test_a_restarted_replica_rejoins_at_the_next_push(tmp_path, weights_root, model, replica_env):
     """The trainer keeps its client; the replica restarts on the same port (a fresh process
     with no group): the next push joins it again and goes through."""
     env = replica_env(weights_root)

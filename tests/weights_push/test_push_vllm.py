@@ -11,14 +11,14 @@ import pytest
 from client import UnprocessableEntityError
 from client.launcher import ServerProcess
 
-from .conftest import perturbed, replica_env
+from .conftest import perturbed
 from .test_push_hf import SEQS, client, scores
 
 pytestmark = pytest.mark.vllm
 
 
 @pytest.fixture(scope="module")
-def vllm_replica(tmp_path_factory, weights_root):
+def vllm_replica(tmp_path_factory, weights_root, replica_env):
     pytest.importorskip("vllm")
     log = tmp_path_factory.mktemp("push-vllm") / "replica.log"
     env = replica_env(weights_root, backend="vllm")
