@@ -109,7 +109,8 @@ def check_finite_packed(value) -> None:
 
 
 def check_answer(status: int, content_type: str, body: bytes, what: str) -> None:
-    """docs/api.md: never a 5xx; errors are JSON ``{"error": {"type", "message", "field"}}``;
+    """docs/api.md: never a 5xx; errors are JSON ``{"error": {"type", "message", "field"}}``
+    (``param`` for ``field`` on the vLLM-compatible routes, docs/protocols.md);
     JSON bodies are strict JSON (no NaN or Infinity, packed or not)."""
     assert status < 500, f"{what} -> {status}: {body[:500]!r}"
     if content_type.startswith("application/json"):
@@ -120,7 +121,9 @@ def check_answer(status: int, content_type: str, body: bytes, what: str) -> None
         error = json.loads(body)["error"]
         assert isinstance(error["type"], str) and error["type"], what
         assert isinstance(error["message"], str) and error["message"], what
-        assert error["field"] is None or isinstance(error["field"], str), what
+        # The vLLM/SGLang-compatible routes name the field `param`, as vLLM does.
+        named = error["field"] if "field" in error else error["param"]
+        assert named is None or isinstance(named, str), what
 
 
 def has_input(operation) -> bool:
