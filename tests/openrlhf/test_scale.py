@@ -42,13 +42,29 @@ def groups(orlhf, hf_model):
     return build_batch([exp], N_SAMPLES).groups
 
 
+def assert_same_state(got: dict | None, want: dict | None) -> None:
+    """Method state (AntiSD's gate) equal up to the float32 noise of another batch composition."""
+    assert (got is None) == (want is None)
+    if got is None:
+        return
+    assert got.keys() == want.keys()
+    for key, value in want.items():
+        if isinstance(value, float | list):
+            np.testing.assert_allclose(got[key], value, rtol=1e-5, atol=2e-5, err_msg=key)
+        else:
+            assert got[key] == value, key
+
+
 @pytest.mark.parametrize("method,params", CASES, ids=[f"{m}{p}" for m, p in CASES])
 def test_split_scoring_equals_one_unsplit_call(groups, server, hf_server, method, params):
     """Shards of 1 group on 3 requests over 2 replicas, then one math-only call: the same
     advantages, state and statistics as the whole batch in one request (two steps, so
     AntiSD's gate state travels too)."""
     one = TeacherClient(server.url, timeout=300)
-    pool = TeacherClient([server.url, hf_server.url], timeout=300)
+    # Two replicas of one backend (a pool never mixes backends: vLLM's entropy is a top-k lower
+    # bound, docs/vllm.md); the vLLM run sends its shards to one replica as separate requests.
+    urls = [server.url, hf_server.url] if server.backend == "hf" else [server.url]
+    pool = TeacherClient(urls, timeout=300)
     state_one = state_split = None
     try:
         for step in (0, 1):
@@ -70,8 +86,8 @@ def test_split_scoring_equals_one_unsplit_call(groups, server, hf_server, method
             # another batch composition (padding, kernel shapes), ~1e-6. A wrong peer draw or
             # batch statistic moves advantages by 1e-2 or more.
             for got, want in zip(split.flat(), whole.flat()):
-                np.testing.assert_allclose(got, want, rtol=0, atol=2e-5)
-            assert split.state == whole.state
+                np.testing.assert_allclose(got, want, rtol=1e-5, atol=2e-5)
+            assert_same_state(split.state, whole.state)
             a, b = split.stats, whole.stats
             assert (a.rollouts, a.tokens, a.gate, a.masked_rollouts) == (
                 b.rollouts,
