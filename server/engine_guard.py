@@ -5,7 +5,7 @@ through it unchanged. It declares the engine *failed*, for good, when
 
 - a call outlives its deadline (``TC_ENGINE_CALL_TIMEOUT``): a hung forward;
 - a call raises and the engine then reports itself broken (``health_error()``: vLLM's core
-  process died, a CUDA error); request errors such as ``ValueError`` pass through untouched;
+  process died, a CUDA error); a ``ValueError`` is the request's fault and becomes a 422;
 - the watch task polls ``health_error()`` every ``TC_ENGINE_WATCH_SECONDS`` and it answers: the
   engine died between calls.
 
@@ -84,6 +84,11 @@ class GuardedEngine:
             raise EngineUnavailable(self.failure) from None
         except ServiceError:
             raise
+        except ValueError as exc:
+            # Engines raise ValueError for a request they cannot serve (e.g. vLLM's sampling
+            # limits, temperature <= 2): the caller's input, so a 422, never a 500.
+            field = getattr(exc, "field", None) or getattr(exc, "parameter", None)
+            raise ServiceError(422, f"the engine refused the request: {exc}", field=field) from exc
         except Exception as exc:
             broken = self._health_error() or fatal_reason(exc)
             if broken is None:

@@ -87,6 +87,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+# vLLM's SamplingParams refuses a higher sampling temperature.
+MAX_TEMPERATURE = 2.0
 # Top-k size used for the entropy lower bound when a request asks for fewer (or none).
 ENTROPY_TOP_K = 20
 # Config fields that must match between the serving model and a new checkpoint.
@@ -297,6 +299,13 @@ class VLLMEngine:
                 raise ValueError(
                     f"items[{i}]: needs a non-empty prompt, max_tokens >= 1 and temperature >= 0"
                 )
+            if item.temperature > MAX_TEMPERATURE:
+                error = ValueError(
+                    f"temperature {item.temperature:g} is over the vLLM backend's limit of "
+                    f"{MAX_TEMPERATURE:g} (the hf backend has none)"
+                )
+                error.field = "temperature"
+                raise error
             if len(item.prompt_ids) > self.info.max_model_len:
                 raise ValueError(
                     f"items[{i}]: prompt of {len(item.prompt_ids)} tokens is over max_model_len "
@@ -306,14 +315,17 @@ class VLLMEngine:
 
     async def _generate_one(self, item: GenerateItem) -> GenerateOutput:
 
-        params = SamplingParams(
-            temperature=item.temperature,
-            max_tokens=item.max_tokens,
-            seed=item.seed,
-            stop_token_ids=list(item.stop_ids),
-            detokenize=False,
-            output_kind=RequestOutputKind.FINAL_ONLY,
-        )
+        try:
+            params = SamplingParams(
+                temperature=item.temperature,
+                max_tokens=item.max_tokens,
+                seed=item.seed,
+                stop_token_ids=list(item.stop_ids),
+                detokenize=False,
+                output_kind=RequestOutputKind.FINAL_ONLY,
+            )
+        except VLLMValidationError as exc:  # a limit checked nowhere above: still the request's
+            raise ValueError(str(exc)) from exc
         completion = (await self._final_output(list(item.prompt_ids), params)).outputs[0]
         # vLLM keeps the stop token in token_ids; finish_reason is "stop", "length" or "abort".
         finish = "length" if completion.finish_reason == "length" else "stop"

@@ -517,3 +517,15 @@ def test_concurrent_hints_and_scoring(server):
 
     answers = asyncio.run(mix())
     assert [a.status_code for a in answers] == [200] * 6, [a.text[:200] for a in answers]
+
+
+def test_temperature_the_engine_cannot_sample_is_a_4xx(server):
+    # HintsRequest allows temperatures up to 10; vLLM samples at most at 2. Found by the fuzz:
+    # vLLM's refusal surfaced as a 500.
+    body = {"groups": [group()], "max_tokens": 4, "temperature": 2.5}
+    r = httpx.post(server.url + "/v1/hints", json=body, timeout=120)
+    if server.backend == "vllm":
+        assert r.status_code == 422, r.text
+        assert r.json()["error"]["field"] == "temperature"
+    else:
+        assert r.status_code == 200, r.text
