@@ -84,6 +84,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         metrics=runtime.metrics,
         max_body_bytes=settings.max_body_bytes,
         path_limits=dict.fromkeys(TEXT_ROUTES, text_limit),
+        max_json_items=settings.max_json_items,
     )
     return app
 

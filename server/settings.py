@@ -47,6 +47,10 @@ class Settings(BaseSettings):
     # tokenize caller text, and a regex scan of a few MB holds the GIL for a good part of a
     # second, so this bound keeps /healthz under 1 s (docs/reliability.md).
     max_text_body_bytes: int = Field(default=1024 * 1024, ge=1024)
+    # Most JSON items in a body of the other routes: array values, an object counting 32 (413
+    # above). Parsing JSON holds the event loop, so this keeps /healthz under 1 s; packed (base64)
+    # arrays do not count (docs/reliability.md).
+    max_json_items: int = Field(default=1_000_000, ge=1000)
     # Most tokens one scoring request may have scored (context + target, summed; 413 above).
     max_request_tokens: int = Field(default=1024 * 1024, ge=1)
     # Most tokens one request may generate (max_tokens summed over its hints/reflections; 413

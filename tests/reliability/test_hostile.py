@@ -23,6 +23,9 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
+from server.middleware import json_items
+from server.settings import Settings
+
 HEALTH_BOUND_S = 1.0
 REQUEST_TIMEOUT_S = 300.0
 TEXT_LIMIT = 1024 * 1024  # TC_MAX_TEXT_BODY_BYTES default
@@ -56,6 +59,22 @@ def hints_body(**group) -> bytes:
         "temperature": 0.0,
     }
     return json.dumps(body).encode()
+
+
+def grpo_body(groups: int, ids_per_rollout: int) -> bytes:
+    rollouts = [{"response_ids": [7] * ids_per_rollout, "reward": float(i % 2)} for i in range(8)]
+    return json.dumps({"method": "grpo", "groups": [{"rollouts": rollouts}] * groups}).encode()
+
+
+def grpo_body_under_item_cap(ids_per_rollout: int) -> bytes:
+    """The most groups whose body stays under the default TC_MAX_JSON_ITEMS."""
+    per_group = json_items(grpo_body(2, ids_per_rollout)) - json_items(
+        grpo_body(1, ids_per_rollout)
+    )
+    groups = (Settings().max_json_items - 100) // per_group
+    body = grpo_body(groups, ids_per_rollout)
+    assert Settings().max_json_items - 2 * per_group < json_items(body) <= Settings().max_json_items
+    return body
 
 
 CASES = {
@@ -115,6 +134,22 @@ CASES = {
         "/v1/tokenize",
         lambda: json.dumps({"text": "12+34=46 " * 28_000}).encode(),
         {200},
+    ),
+    # the scoring routes: JSON parsing holds the event loop, so TC_MAX_JSON_ITEMS bounds its cost
+    "advantages, JSON id lists just under TC_MAX_JSON_ITEMS": (
+        "/v1/advantages",
+        lambda: grpo_body_under_item_cap(ids_per_rollout=1000),
+        {200},
+    ),
+    "advantages, one-token rollouts just under TC_MAX_JSON_ITEMS": (
+        "/v1/advantages",
+        lambda: grpo_body_under_item_cap(ids_per_rollout=1),
+        {200},
+    ),
+    "advantages, over TC_MAX_JSON_ITEMS": (
+        "/v1/advantages",
+        lambda: grpo_body(groups=1_000, ids_per_rollout=1000),
+        {413},
     ),
     # over the text routes' limit: refused before parsing
     "reward, over TC_MAX_TEXT_BODY_BYTES": (

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import concurrent.futures as cf
+import json
 
 import httpx
+import numpy as np
 import pytest
+
+from proto.arrays import encode_packed
 
 
 def bearer(key):
@@ -80,6 +84,7 @@ LIMITS = {
     "TC_MAX_GENERATE_TOKENS": "256",
     "TC_MAX_REQUEST_TOKENS": "4096",
     "TC_MAX_TEXT_BODY_BYTES": "65536",
+    "TC_MAX_JSON_ITEMS": "8000",
     "TC_BATCH_WAIT_MS": "0",
 }
 
@@ -170,26 +175,39 @@ def test_text_routes_have_their_own_body_limit(limits_server):
         res = httpx.post(limits_server.url + path, json=body, timeout=60)
         assert res.status_code == 413, (path, res.text[:300])
         assert "TC_MAX_TEXT_BODY_BYTES" in res.json()["error"]["message"]
-    # the scoring routes keep the general limit
-    seq = {"context_ids": [1] * 10_000, "target_ids": [2]}
+    # the scoring routes keep the general limit: 107 KB of packed ids pass the byte check (and
+    # are then refused for their 20,000 tokens, a different limit)
+    seq = {"context_ids": encode_packed(np.ones(20_000, np.int32)), "target_ids": [2]}
     res = httpx.post(limits_server.url + "/v1/logprobs", json={"sequences": [seq]}, timeout=60)
-    assert res.status_code != 413, res.text[:300]
+    assert len(res.request.content) > 65536
+    assert "TC_MAX_TEXT_BODY_BYTES" not in res.text, res.text[:300]
 
 
-def test_oversized_headers_are_refused(limits_server):
-    """Too many or too large headers: a JSON 431 (server/middleware.py); a header block beyond
-    what uvicorn buffers (--h11-max-incomplete-event-size, client/launcher.py) is cut off."""
-    url = limits_server.url + "/healthz"
-    for headers in (
-        {f"x-pad-{i}": "a" for i in range(150)},  # 150 headers
-        {f"x-pad-{i}": "a" * 1000 for i in range(40)},  # 40 KB
-    ):
-        res = httpx.get(url, headers=headers, timeout=30)
-        assert res.status_code == 431, res.status_code
-        assert res.json()["error"]["type"] == "headers_too_large"
-    try:
-        res = httpx.get(url, headers={"x-pad": "a" * 2_000_000}, timeout=30)
-        assert 400 <= res.status_code < 500, res.status_code
-    except httpx.TransportError:
-        pass  # the server closed the connection (reset while sending): also refused
-    assert httpx.get(url, headers={"x-ok": "a" * 1000}, timeout=30).status_code == 200
+def test_json_bodies_are_capped_by_their_parse_cost(limits_server):
+    """TC_MAX_JSON_ITEMS=8000: commas plus 32 per object, counted while the body streams in,
+    so a body whose parsing would hold the event loop is refused before it is parsed."""
+
+    def refused(res):
+        assert res.status_code == 413, res.text[:300]
+        error = res.json()["error"]
+        return error["type"] == "payload_too_large" and "TC_MAX_JSON_ITEMS" in error["message"]
+
+    def grpo(ids):  # GRPO scores nothing: only the JSON limit can refuse 9,000 ids
+        rollouts = [{"response_ids": ids, "reward": 1.0}, {"response_ids": ids, "reward": 0.0}]
+        return {"method": "grpo", "groups": [{"rollouts": rollouts}]}
+
+    url = limits_server.url + "/v1/advantages"
+    assert refused(httpx.post(url, json=grpo([1] * 4500), timeout=60))
+    assert httpx.post(url, json=grpo([1] * 3000), timeout=60).status_code == 200
+    packed = httpx.post(url, json=grpo(encode_packed(np.ones(4500, np.int32))), timeout=60)
+    assert packed.status_code == 200, packed.text[:300]
+
+    def chunked():  # no Content-Length: counted while it streams
+        body = json.dumps(grpo([1] * 4500)).encode()
+        for start in range(0, len(body), 4096):
+            yield body[start : start + 4096]
+
+    headers = {"Content-Type": "application/json"}
+    assert refused(httpx.post(url, content=chunked(), headers=headers, timeout=60))
+    tiny = {"sequences": [{"context_ids": [1], "target_ids": [2]}] * 300}  # 9,600 items
+    assert refused(httpx.post(limits_server.url + "/v1/logprobs", json=tiny, timeout=60))
