@@ -24,11 +24,11 @@ import httpx
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 # uvicorn's connection limits, the same in scripts/serve.sh and deploy/Dockerfile* (a test checks):
-# h11 (httptools ignores the next flag) with the request line + headers capped at 64 KiB (larger
-# is a 400 before the app sees it); at most 1024 connections + requests at once (uvicorn answers
+# h11 with a deadline on each request's head (TC_HEADER_TIMEOUT, server/http_protocol.py) and the
+# request line + headers capped at 64 KiB (larger is a 400 before the app sees it); at most 1024 connections + requests at once (uvicorn answers
 # 503 above it); a 2048-connection accept backlog; idle keep-alive connections closed after 5 s.
 UVICORN_LIMITS = (
-    "--http", "h11",
+    "--http", "server.http_protocol:HeaderDeadlineH11Protocol",
     "--h11-max-incomplete-event-size", "65536",
     "--limit-concurrency", "1024",
     "--backlog", "2048",

@@ -16,5 +16,5 @@ fi
 # --no-access-log: the server writes its own access line, which carries the request id.
 exec "$PYTHON" -m uvicorn server.app:app --host "${TC_HOST:-127.0.0.1}" --port "${TC_PORT:-8000}" \
   --timeout-graceful-shutdown "${TC_DRAIN_SECONDS:-30}" --no-access-log \
-  --http h11 --h11-max-incomplete-event-size 65536 --limit-concurrency 1024 --backlog 2048 \
-  --timeout-keep-alive 5 "$@"
+  --http server.http_protocol:HeaderDeadlineH11Protocol --h11-max-incomplete-event-size 65536 \
+  --limit-concurrency 1024 --backlog 2048 --timeout-keep-alive 5 "$@"

@@ -47,6 +47,10 @@ class Settings(BaseSettings):
     # tokenize caller text, and a regex scan of a few MB holds the GIL for a good part of a
     # second, so this bound keeps /healthz under 1 s (docs/reliability.md).
     max_text_body_bytes: int = Field(default=1024 * 1024, ge=1024)
+    # Seconds a connection has to deliver a complete request head (request line + headers),
+    # from its opening and after each response; past it: 408 and closed (slow-header clients,
+    # server/http_protocol.py).
+    header_timeout: float = Field(default=10.0, gt=0.0)
     # Most JSON items in a body of the other routes: array values, an object counting 32 (413
     # above). Parsing JSON holds the event loop, so this keeps /healthz under 1 s; packed (base64)
     # arrays do not count (docs/reliability.md).
