@@ -59,11 +59,13 @@ class WeightPusher:
         weights_root: str | Path | None,
         run_name: str,
         sync: str = "disk",
+        push_backend: str | None = None,
     ):
         self.client = client
         self.root = Path(weights_root) if weights_root else None
         self.run_name = run_name
         self.sync = sync
+        self.push_backend = push_backend  # None: the client's default (gloo)
         self.version: int | None = None
         self._last: Path | None = None
         self.seconds = 0.0
@@ -80,7 +82,8 @@ class WeightPusher:
             return None
         started = time.perf_counter()
         if self.sync == "push":
-            self.version = self.client.push_weights(model, progress=False).weights_version
+            res = self.client.push_weights(model, progress=False, backend=self.push_backend)
+            self.version = res.weights_version
             self.seconds += time.perf_counter() - started
             self.pushes += 1
             return self.version
