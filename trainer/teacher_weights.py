@@ -10,9 +10,10 @@ docs/algorithms.md §1 ("teacher weights" column):
     resync:   a frozen copy re-synced every N steps (RLSD)
     current:  the current policy, pushed every k steps (HSD, AntiSD, AMR-SD)
 
-A push is the existing ``POST /v1/weights`` path: ``save_pretrained`` into a folder under the
-server's ``TC_WEIGHTS_ROOT`` (a filesystem both sides see), then ``client.load_weights`` with the
-path relative to that root. Later scoring calls pass the returned version as
+A push takes the ``POST /v1/weights`` path (``sync="disk"``): ``save_pretrained`` into a folder
+under the server's ``TC_WEIGHTS_ROOT`` (a filesystem both sides see), then ``client.load_weights``
+with the path relative to that root; or ``sync="push"``: ``client.push_weights`` broadcasts the
+tensors to every replica over a ``torch.distributed`` group (docs/weights.md). Later scoring calls pass the returned version as
 ``min_weights_version``, so a replica still on older weights answers 409 instead of scoring with
 them.
 """

@@ -10,6 +10,7 @@ group calls the actors in this process where Ray would call them remotely.
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from types import SimpleNamespace
 
@@ -200,3 +201,54 @@ def test_a_restarted_replica_gets_the_pushed_weights_back(
         torch.testing.assert_close(
             served(url, required + 1), own_logprobs(actor), atol=1e-5, rtol=0
         )
+
+
+class ZeroThreeStub:
+    """DeepSpeed (GPU-only, absent here) as ZeRO-3 leaves the model: every parameter is an empty
+    shard until ``zero.GatheredParameters([p])`` gathers it for the context's duration."""
+
+    def __init__(self, model):
+        self.full = {id(p): p.data for p in model.parameters()}
+        self.gathers: list[int] = []
+        for p in model.parameters():
+            p.data = torch.empty(0)
+        self.zero = SimpleNamespace(GatheredParameters=self.gathered)
+
+    def gathered(self, params, enabled=True):
+        import contextlib
+
+        @contextlib.contextmanager
+        def ctx():
+            assert enabled and len(params) == 1
+            (p,) = params
+            self.gathers.append(id(p))
+            p.data = self.full[id(p)]
+            try:
+                yield
+            finally:
+                p.data = torch.empty(0)
+
+        return ctx()
+
+
+@pytest.mark.parametrize("rank0", [True, False])
+def test_zero3_parameters_are_gathered_one_by_one_on_every_rank(model_path, monkeypatch, rank0):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+    expected = {k: v.clone() for k, v in model.state_dict().items()}
+    stub = ZeroThreeStub(model)
+    monkeypatch.setitem(sys.modules, "deepspeed", stub)
+
+    state = push_mod.gathered_state(model, rank0=rank0, zero3=True, device="cpu")
+    unique = {id(p) for p in model.parameters()}
+    # every rank takes part in each gather, once per parameter (a tied one once)
+    assert sorted(stub.gathers) == sorted(unique) and len(stub.gathers) == len(unique)
+    if not rank0:
+        assert state is None
+        return
+    assert set(state) == set(expected)  # parameters under all their names, persistent buffers
+    for name, tensor in expected.items():
+        torch.testing.assert_close(state[name], tensor, atol=0, rtol=0)
+    assert state["lm_head.weight"] is state["model.embed_tokens.weight"]  # tied: one copy
+    assert all(p.numel() == 0 for p in model.parameters())  # the shards are left as they were
