@@ -22,8 +22,9 @@ from client import TeacherClient
 from trainer.openrlhf import plugin as plugin_mod
 from trainer.openrlhf import push as push_mod
 from trainer.openrlhf.config import PluginConfig
-from trainer.openrlhf.plugin import TeacherCredit
+from trainer.openrlhf.plugin import STEP_ATTR, TeacherCredit
 
+from .test_advantages import make_experiences, rollouts
 from .test_weights import fake_trainer, two_rollouts
 
 pytestmark = pytest.mark.openrlhf
@@ -118,7 +119,7 @@ def ray_get_identity(orlhf):
 
 
 def test_a_publish_pushes_the_actor_weights_to_every_replica(
-    orlhf, pool, model_path, tmp_path, ray_get_identity
+    orlhf, pool, model_path, hf_model, tmp_path, ray_get_identity
 ):
     torch.set_num_threads(1)
     urls = [p.url for p in pool]
@@ -130,11 +131,17 @@ def test_a_publish_pushes_the_actor_weights_to_every_replica(
     train(actor, seed=1)  # not the model the replicas started with
     group = InProcessGroup([actor])
 
-    # The first step: the run's weights go to the pool before the first call (the wrapped
-    # compute_advantages_and_returns binds the experience maker's actor group the same way).
-    credit.bind_actor_group(group, lambda refs: refs)
+    # The first step, through OpenRLHF's own compute_advantages_and_returns (wrapped): it binds
+    # the experience maker's actor group, and the run's weights reach the pool before the call.
+    plugin_mod.patch_experience_maker(orlhf.experience_maker)
+    maker, batches = make_experiences(orlhf, hf_model, rollouts(hf_model[1]), dynamic=False)
+    maker.actor_model_group = group
+    setattr(maker, STEP_ATTR, 0)
+    for exp in batches:
+        exp.kl = torch.zeros_like(exp.action_log_probs)
+    maker.compute_advantages_and_returns(batches)
+    result = credit.last
     v0 = credit.weights.version_of(0)
-    result = credit.apply([two_rollouts(orlhf)], 2, step=0)
     assert result.weights_version == v0 == credit.min_weights_version
     for url in urls:
         assert pool_version(url) == v0

@@ -20,6 +20,7 @@ averages into the step's logs (console, wandb, tensorboard).
 from __future__ import annotations
 
 import functools
+import inspect
 import logging
 import threading
 from typing import Any
@@ -300,8 +301,10 @@ def set_plugin(plugin: TeacherCredit | None) -> None:
 
 
 def _ray_get(original: Any):
-    """``ray.get`` as the wrapped OpenRLHF function's own module sees it."""
-    return lambda refs: original.__globals__["ray"].get(refs)
+    """``ray.get`` as the wrapped OpenRLHF function's own module sees it (under decorators such
+    as ``torch.no_grad``)."""
+    module_globals = inspect.unwrap(original).__globals__
+    return lambda refs: module_globals["ray"].get(refs)
 
 
 def wrap_compute_advantages_and_returns(original):
@@ -310,7 +313,7 @@ def wrap_compute_advantages_and_returns(original):
         check_supported(self)
         experiences = original(self, experiences)
         plugin = get_plugin()
-        plugin.bind_actor_group(self.actor_model_group, _ray_get(original))
+        plugin.bind_actor_group(getattr(self, "actor_model_group", None), _ray_get(original))
         step = getattr(self, STEP_ATTR, None)
         args = self.strategy.args
         plugin.apply(
@@ -346,7 +349,7 @@ def wrap_save_logs_and_checkpoints(original):
         out = original(self, global_step, logs_dict, client_states)
         # fit calls this after every train_step (whose last act is OpenRLHF's own broadcast to
         # its vLLM engines): the push transport sends the step's weights here too
-        plugin.bind_actor_group(self.actor_model_group, _ray_get(original))
+        plugin.bind_actor_group(getattr(self, "actor_model_group", None), _ray_get(original))
         plugin.sync_weights(self.args, global_step)
         return out
 
