@@ -249,6 +249,8 @@ STUBBED_IMPORT = textwrap.dedent(
               BasePPOTrainer.save_logs_and_checkpoints, BasePPOTrainer.save_best_checkpoint,
               BasePPOTrainer.init_checkpoint_states):
         assert getattr(f, "__tokencredit_wrapped__", False), f
+    from openrlhf.trainer.ray.launcher import BaseModelActor  # the actors' end of a push
+    assert callable(BaseModelActor.tokencredit_push_weights)
     print("PATCHED")
     """
 )
