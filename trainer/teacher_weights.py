@@ -10,9 +10,10 @@ docs/algorithms.md §1 ("teacher weights" column):
     resync:   a frozen copy re-synced every N steps (RLSD)
     current:  the current policy, pushed every k steps (HSD, AntiSD, AMR-SD)
 
-A push is the existing ``POST /v1/weights`` path: ``save_pretrained`` into a folder under the
-server's ``TC_WEIGHTS_ROOT`` (a filesystem both sides see), then ``client.load_weights`` with the
-path relative to that root. Later scoring calls pass the returned version as
+A push takes the ``POST /v1/weights`` path (``sync="disk"``): ``save_pretrained`` into a folder
+under the server's ``TC_WEIGHTS_ROOT`` (a filesystem both sides see), then ``client.load_weights``
+with the path relative to that root; or ``sync="push"``: ``client.push_weights`` broadcasts the
+tensors to every replica over a ``torch.distributed`` group (docs/weights.md). Later scoring calls pass the returned version as
 ``min_weights_version``, so a replica still on older weights answers 409 instead of scoring with
 them.
 """
@@ -59,11 +60,13 @@ class WeightPusher:
         weights_root: str | Path | None,
         run_name: str,
         sync: str = "disk",
+        push_backend: str | None = None,
     ):
         self.client = client
         self.root = Path(weights_root) if weights_root else None
         self.run_name = run_name
         self.sync = sync
+        self.push_backend = push_backend  # None: the client's default (gloo)
         self.version: int | None = None
         self._last: Path | None = None
         self.seconds = 0.0
@@ -80,7 +83,8 @@ class WeightPusher:
             return None
         started = time.perf_counter()
         if self.sync == "push":
-            self.version = self.client.push_weights(model, progress=False).weights_version
+            res = self.client.push_weights(model, progress=False, backend=self.push_backend)
+            self.version = res.weights_version
             self.seconds += time.perf_counter() - started
             self.pushes += 1
             return self.version

@@ -48,6 +48,7 @@ MODULES = (
     "openrlhf.trainer.ppo_trainer",
     "openrlhf.models.actor",
     "openrlhf.cli.train_ppo_ray",
+    "openrlhf.trainer.ray.launcher",
 )
 
 
@@ -120,4 +121,5 @@ def orlhf(require_openrlhf, stub_roots) -> SimpleNamespace:
         ppo_trainer=loaded["openrlhf.trainer.ppo_trainer"],
         Actor=loaded["openrlhf.models.actor"].Actor,
         train_ppo_ray=loaded["openrlhf.cli.train_ppo_ray"],
+        launcher=loaded["openrlhf.trainer.ray.launcher"],
     )

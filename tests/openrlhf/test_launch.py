@@ -91,6 +91,34 @@ def test_weight_sync_needs_hf_checkpoints_and_the_base_weights():
     )
 
 
+def test_push_transport_is_configured_by_flag_and_variable(monkeypatch):
+    monkeypatch.setenv("TOKENCREDIT_ADMIN_KEY", "a-1")
+    args, _ = launch.parse_args(launcher_argv("--push-weights", "--push-address", "10.0.0.5"))
+    config = launch.config_from_args(args)
+    assert config.weights_sync == "push" and config.syncing and config.weights_prefix is None
+    v = launch.build_runtime_env(config)["env_vars"]
+    assert v["TOKENCREDIT_WEIGHTS_SYNC"] == "push" and v["TOKENCREDIT_PUSH_BACKEND"] == "gloo"
+    assert v["TOKENCREDIT_PUSH_ADDRESS"] == "10.0.0.5" and v["TOKENCREDIT_ADMIN_KEY"] == "a-1"
+    assert PluginConfig.from_env(v) == config
+    # push needs neither HF checkpoints nor a base folder in the pool's weights root
+    launch.check_openrlhf_args(TRAIN_ARGS, config)
+    with pytest.raises(SystemExit):  # argparse names the choices
+        launch.parse_args(launcher_argv("--push-weights", "--push-backend", "mpi"))
+    both = launcher_argv("--push-weights", "--sync-weights", "run1", "--base-weights", "b")
+    with pytest.raises(ConfigError, match="choose one transport"):
+        launch.config_from_args(launch.parse_args(both)[0])
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [("TOKENCREDIT_WEIGHTS_SYNC", "nfs"), ("TOKENCREDIT_PUSH_BACKEND", "mpi")],
+)
+def test_bad_push_settings_are_named(variable, value):
+    env = {"TOKENCREDIT_URLS": "http://t:1", "TOKENCREDIT_METHOD": "hsd", variable: value}
+    with pytest.raises(ConfigError, match=variable):
+        PluginConfig.from_env(env)
+
+
 def test_bad_configuration_is_named():
     with pytest.raises(ConfigError, match="TOKENCREDIT_METHOD"):
         PluginConfig.from_env({"TOKENCREDIT_URLS": "http://t:1"})
@@ -221,6 +249,8 @@ STUBBED_IMPORT = textwrap.dedent(
               BasePPOTrainer.save_logs_and_checkpoints, BasePPOTrainer.save_best_checkpoint,
               BasePPOTrainer.init_checkpoint_states):
         assert getattr(f, "__tokencredit_wrapped__", False), f
+    from openrlhf.trainer.ray.launcher import BaseModelActor  # the actors' end of a push
+    assert callable(BaseModelActor.tokencredit_push_weights)
     print("PATCHED")
     """
 )
@@ -292,6 +322,7 @@ REFUSED = [
     ("grpo", {}, ["--data.max_images_per_prompt", "2"], "images"),
     ("opd", {"weights_prefix": "r", "base_weights": "b"}, ["--ckpt.save_hf", "--ckpt.save_steps", "1", "--ds.lora.rank", "16"], "LoRA"),
     ("opd", {"weights_prefix": "r", "base_weights": "b"}, ["--ckpt.save_hf", "--ckpt.save_steps", "1", "--train.enable_ema"], "EMA"),
+    ("hsd", {"weights_sync": "push"}, ["--ds.lora.rank", "16"], "LoRA"),
 ]  # fmt: skip
 ACCEPTED = [
     ("grpo", {}, ["--rollout.temperature", "0.7", "--algo.dynamic_filtering_enable"]),
@@ -299,6 +330,9 @@ ACCEPTED = [
     ("antisd", {"student": "server"}, []),
     ("antisd", {"weights_prefix": "r", "base_weights": "b"}, ["--ckpt.save_hf", "--ckpt.save_steps", "1"]),
     ("opsd", {"student": "server"}, ["--algo.dynamic_filtering_enable"]),
+    # push: every step, no HF checkpoint or base folder; it sends the policy, not the EMA
+    ("hsd", {"weights_sync": "push"}, []),
+    ("antisd", {"weights_sync": "push"}, ["--train.enable_ema"]),
 ]  # fmt: skip
 
 

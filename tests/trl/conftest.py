@@ -53,7 +53,7 @@ def _tiny_config(tmp_path, server, method: str, **overrides):
         output_dir=str(tmp_path / "out"),
         credit_method=method,
         teacher_url=server.url,
-        teacher_weights_root=str(server.weights_root),
+        teacher_weights_root=str(server.weights_root) if server.weights_root else None,
         max_steps=2,
         per_device_train_batch_size=8,
         num_generations=4,
@@ -95,6 +95,13 @@ def _make_trainer(cfg, trainer_cls=None, reward=None, n_problems=16, **kw):
 def tiny_config(tmp_path, trl_server):
     """``tiny_config(method, **overrides)``: a `TokenCreditConfig` against ``trl_server``."""
     return lambda method, **kw: _tiny_config(tmp_path, trl_server, method, **kw)
+
+
+@pytest.fixture
+def config_for(tmp_path):
+    """``config_for(server, method, **overrides)``: a `TokenCreditConfig` against ``server``
+    (one with a ``weights_root`` attribute: None when it has no TC_WEIGHTS_ROOT)."""
+    return lambda server, method, **kw: _tiny_config(tmp_path, server, method, **kw)
 
 
 @pytest.fixture

@@ -8,13 +8,17 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[2]
 
 
-def test_example_trains_and_writes_trl_outputs(tmp_path):
+@pytest.mark.parametrize("sync", ["disk", "push"])
+def test_example_trains_and_writes_trl_outputs(tmp_path, sync):
     out = tmp_path / "run"
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "trainer.trl", "--method", "hsd", "--steps", "2"]
+    cmd += ["--weights-sync", sync]
     cmd += ["--output-dir", str(out), "--per_device_train_batch_size", "8"]
     cmd += ["--num_generations", "4", "--max_completion_length", "12", "--save_steps", "2"]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
@@ -27,3 +31,6 @@ def test_example_trains_and_writes_trl_outputs(tmp_path):
     assert saved["method"] == "hsd" and saved["calls"] == 2
     assert (out / "final" / "model.safetensors").exists()
     assert "Traceback" not in proc.stderr
+    # disk: the checkpoint of the last push stays in the server's weights root; push: none
+    pushed = list((out / "teacher_weights").glob("*/step-*"))
+    assert len(pushed) == (1 if sync == "disk" else 0)

@@ -11,12 +11,14 @@ KL in the reward (no ``kl.use_loss``)   OpenRLHF folds it into the replaced adva
 ``--rollout.temperature`` != 1          the actor's log-probs are at T, the teacher's at 1:
 (methods that use the teacher)          u_t = log p_T - log p_S would mix two temperatures
 a self-teacher method without syncing   the teacher must be the current policy: sync every
-every step or ``student=server``        step, or let the pool score both sides
+every step or ``student=server``        step (push, or HF checkpoints every step), or let the
+                                        pool score both sides
 dynamic filtering with AntiSD / HSD     drops the all-fail groups their credit relies on
 images (``data.max_images_per_prompt``) /v1/advantages sends no images: the teacher is blind
-LoRA with syncing                       OpenRLHF saves only the adapters: nothing to load
-EMA with syncing                        the saved HF folder holds the EMA weights, not the
-                                        policy that generated the rollouts
+LoRA with syncing                       the adapters are not the served model's weights
+EMA with disk syncing                   the saved HF folder holds the EMA weights, not the
+                                        policy that generated the rollouts (push sends the
+                                        policy)
 ======================================  ====================================================
 """
 
@@ -49,7 +51,8 @@ def _get(args: Any, path: str, default: Any) -> Any:
 def check_args(args: Any, config: PluginConfig) -> None:
     """Raise `UnsupportedConfig` for the first refused combination in OpenRLHF's ``args``."""
     method = config.method
-    syncing = config.weights_prefix is not None
+    syncing = config.syncing
+    push = config.weights_sync == "push"
     if _get(args, "algo.advantage.estimator", "gae") == "gae":
         raise UnsupportedConfig(
             "tokencredit replaces the advantages, and --algo.advantage.estimator gae needs a "
@@ -71,14 +74,14 @@ def check_args(args: Any, config: PluginConfig) -> None:
             "at --rollout.temperature 1"
         )
     if method in SELF_TEACHER_METHODS and config.student != "server":
-        every_step = (
+        every_step = push or (
             syncing and _get(args, "ckpt.save_hf", False) and _get(args, "ckpt.save_steps", -1) == 1
         )
         if not every_step:
             raise UnsupportedConfig(
-                f"{method}'s teacher is the current policy: sync it every step (--sync-weights "
-                "with --ckpt.save_hf --ckpt.save_steps 1) or let the pool score the student "
-                "too (--student server), so both sides come from one set of weights"
+                f"{method}'s teacher is the current policy: sync it every step (--push-weights, "
+                "or --sync-weights with --ckpt.save_hf --ckpt.save_steps 1) or let the pool score "
+                "the student too (--student server), so both sides come from one set of weights"
             )
     if method in NEEDS_ALL_FAIL_GROUPS and _get(args, "algo.dynamic_filtering_enable", False):
         raise UnsupportedConfig(
@@ -92,10 +95,11 @@ def check_args(args: Any, config: PluginConfig) -> None:
         )
     if syncing and int(_get(args, "ds.lora.rank", 0)) > 0:
         raise UnsupportedConfig(
-            "--ds.lora.rank > 0 with --sync-weights: OpenRLHF's HF checkpoint holds only the "
-            "LoRA adapters, which the teacher cannot load; train full weights or do not sync"
+            "--ds.lora.rank > 0 with weight syncing: OpenRLHF's HF checkpoint holds only the "
+            "LoRA adapters and its model's parameters carry PEFT's names, neither of which the "
+            "teacher can load; train full weights or do not sync"
         )
-    if syncing and _get(args, "train.enable_ema", False):
+    if syncing and not push and _get(args, "train.enable_ema", False):
         raise UnsupportedConfig(
             "--train.enable_ema with --sync-weights: OpenRLHF saves the EMA weights as the HF "
             "checkpoint, so the teacher would not be the policy that sampled the rollouts"

@@ -31,6 +31,13 @@ variable                           meaning
                                    ``TC_WEIGHTS_ROOT``, loaded when a run starts at step 0.
 ``TOKENCREDIT_PRUNE_CHECKPOINTS``  with syncing: ``1`` (default) deletes ``global_step<M>_hf``
                                    folders once every replica serves a later step; ``0`` keeps them.
+``TOKENCREDIT_WEIGHTS_SYNC``       ``disk`` (default: the HF checkpoints above, when
+                                   ``TOKENCREDIT_WEIGHTS_PREFIX`` is set) or ``push``: the actor's
+                                   rank 0 broadcasts its weights to every replica over
+                                   ``torch.distributed`` after every step (`push`), no folders.
+``TOKENCREDIT_PUSH_BACKEND``       with push: ``gloo`` (default; CPU replicas) or ``nccl``.
+``TOKENCREDIT_PUSH_ADDRESS``       with push: the actor rank 0's address the replicas connect back
+                                   to (default: its address on the route to the first replica).
 =================================  =============================================================
 """
 
@@ -59,7 +66,12 @@ ENV_PRUNE = "TOKENCREDIT_PRUNE_CHECKPOINTS"
 ENV_STEP_RETRY = "TOKENCREDIT_STEP_RETRY"
 ENV_STUDENT = "TOKENCREDIT_STUDENT"
 ENV_TOKENS_PER_SECOND = "TOKENCREDIT_TOKENS_PER_SECOND"
+ENV_WEIGHTS_SYNC = "TOKENCREDIT_WEIGHTS_SYNC"
+ENV_PUSH_BACKEND = "TOKENCREDIT_PUSH_BACKEND"
+ENV_PUSH_ADDRESS = "TOKENCREDIT_PUSH_ADDRESS"
 STUDENT_SOURCES = ("trainer", "server")
+WEIGHTS_SYNC = ("disk", "push")
+PUSH_BACKENDS = ("gloo", "nccl")
 
 
 class ConfigError(ValueError):
@@ -92,6 +104,12 @@ class PluginConfig:
     base_weights: str | None = None
     # With syncing: delete HF checkpoint folders older than the one every replica serves.
     prune_checkpoints: bool = True
+    # Transport: "disk" (HF checkpoints, when weights_prefix is set) or "push" (torch.distributed
+    # from the actor's rank 0 after every step; no prefix, no folders).
+    weights_sync: str = "disk"
+    # With push: the process-group backend, and the address the replicas connect back to.
+    push_backend: str = "gloo"
+    push_address: str | None = None
 
     def __post_init__(self) -> None:
         if not self.urls:
@@ -115,6 +133,20 @@ class PluginConfig:
             raise ConfigError(f"{ENV_STEP_RETRY} must be >= 0 seconds, got {self.step_retry}")
         if self.student not in STUDENT_SOURCES:
             raise ConfigError(f"{ENV_STUDENT} must be trainer or server, got {self.student!r}")
+        if self.weights_sync not in WEIGHTS_SYNC:
+            raise ConfigError(f"{ENV_WEIGHTS_SYNC} must be disk or push, got {self.weights_sync!r}")
+        if self.push_backend not in PUSH_BACKENDS:
+            raise ConfigError(f"{ENV_PUSH_BACKEND} must be gloo or nccl, got {self.push_backend!r}")
+        if self.weights_sync == "push" and self.weights_prefix is not None:
+            raise ConfigError(
+                f"{ENV_WEIGHTS_SYNC}=push sends the weights over torch.distributed, and "
+                f"{ENV_WEIGHTS_PREFIX} (--sync-weights) loads HF checkpoints: choose one transport"
+            )
+
+    @property
+    def syncing(self) -> bool:
+        """Whether the run puts its own weights on the pool (either transport)."""
+        return self.weights_sync == "push" or self.weights_prefix is not None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> PluginConfig:
@@ -142,6 +174,9 @@ class PluginConfig:
             weights_prefix=env.get(ENV_WEIGHTS_PREFIX),
             base_weights=env.get(ENV_BASE_WEIGHTS) or None,
             prune_checkpoints=(env.get(ENV_PRUNE) or "1") not in ("0", "false", "no"),
+            weights_sync=env.get(ENV_WEIGHTS_SYNC) or "disk",
+            push_backend=env.get(ENV_PUSH_BACKEND) or "gloo",
+            push_address=env.get(ENV_PUSH_ADDRESS) or None,
         )
 
     def to_env(self) -> dict[str, str]:
@@ -157,6 +192,8 @@ class PluginConfig:
             ENV_STEP_RETRY: str(self.step_retry),
             ENV_STUDENT: self.student,
             ENV_PRUNE: "1" if self.prune_checkpoints else "0",
+            ENV_WEIGHTS_SYNC: self.weights_sync,
+            ENV_PUSH_BACKEND: self.push_backend,
         }
         if self.api_key:
             env[ENV_API_KEY] = self.api_key
@@ -166,6 +203,8 @@ class PluginConfig:
             env[ENV_WEIGHTS_PREFIX] = self.weights_prefix
         if self.base_weights:
             env[ENV_BASE_WEIGHTS] = self.base_weights
+        if self.push_address:
+            env[ENV_PUSH_ADDRESS] = self.push_address
         return env
 
 

@@ -5,12 +5,14 @@ OpenRLHF keeps deepspeed out of its vLLM workers on purpose (``openrlhf/trainer/
 "No implicit imports of deepspeed here to avoid vllm environment gets contaminated"), and the
 experience maker imports deepspeed. So `setup` imports nothing of OpenRLHF: it reads the
 configuration (a bad ``TOKENCREDIT_*`` variable fails the worker at start, not at step 1) and
-patches the two modules *when something imports them*, which only the trainer's process does:
+patches these modules *when something imports them* (the trainer's and the actors' processes):
 
     openrlhf.trainer.ppo_utils.experience_maker  RemoteExperienceMaker.compute_advantages_and_returns
     openrlhf.trainer.ppo_trainer                 BasePPOTrainer.train_step,
                                                  .save_logs_and_checkpoints, .save_best_checkpoint,
                                                  .init_checkpoint_states
+    openrlhf.trainer.ray.launcher                BaseModelActor gets `push.PUSH_METHOD` (the actor
+                                                 end of TOKENCREDIT_WEIGHTS_SYNC=push)
 
 A module already imported is patched at once. Ray workers start with Python's root logger at
 WARNING and no handler, so `setup` also gives the plugin's logger one (INFO, to stderr, which
@@ -27,11 +29,12 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from trainer.openrlhf import plugin
+from trainer.openrlhf import plugin, push
 
 TARGETS: dict[str, Callable[[Any], None]] = {
     "openrlhf.trainer.ppo_utils.experience_maker": plugin.patch_experience_maker,
     "openrlhf.trainer.ppo_trainer": plugin.patch_trainer,
+    "openrlhf.trainer.ray.launcher": push.install_push_method,
 }
 
 

@@ -19,8 +19,8 @@ Everything after ``--`` goes to ``openrlhf.cli.train_ppo_ray`` unchanged. The la
    ``if __name__ == "__main__"``, so there is no ``main()`` to call).
 
 Keys come from the environment, never the command line: ``TOKENCREDIT_API_KEY`` (and
-``TOKENCREDIT_ADMIN_KEY`` for ``--sync-weights``) are forwarded to the workers. Ray shows a job's
-environment variables in its dashboard: keep that dashboard private.
+``TOKENCREDIT_ADMIN_KEY`` for ``--sync-weights`` / ``--push-weights``) are forwarded to the
+workers. Ray shows a job's environment variables in its dashboard: keep that dashboard private.
 """
 
 from __future__ import annotations
@@ -203,6 +203,23 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
         "pool's TC_WEIGHTS_ROOT ('' if --ckpt.path is that root)",
     )
     parser.add_argument(
+        "--push-weights",
+        action="store_true",
+        help="after every step, the actor's rank 0 pushes its weights to every replica over "
+        "torch.distributed (no HF checkpoints; instead of --sync-weights)",
+    )
+    parser.add_argument(
+        "--push-backend",
+        choices=("gloo", "nccl"),
+        default="gloo",
+        help="with --push-weights: gloo (CPU replicas) or nccl (GPU replicas)",
+    )
+    parser.add_argument(
+        "--push-address",
+        default=None,
+        help="with --push-weights: the actor rank 0's address the replicas connect back to",
+    )
+    parser.add_argument(
         "--base-weights",
         metavar="PATH",
         default=None,
@@ -247,6 +264,9 @@ def config_from_args(
         weights_prefix=args.sync_weights,
         base_weights=args.base_weights,
         prune_checkpoints=not args.keep_checkpoints,
+        weights_sync="push" if args.push_weights else "disk",
+        push_backend=args.push_backend,
+        push_address=args.push_address,
     )
 
 

@@ -20,6 +20,7 @@ averages into the step's logs (console, wandb, tensorboard).
 from __future__ import annotations
 
 import functools
+import inspect
 import logging
 import threading
 from typing import Any
@@ -39,8 +40,9 @@ from client import (
 from trainer.openrlhf.checks import UnsupportedConfig, check_args
 from trainer.openrlhf.config import PluginConfig
 from trainer.openrlhf.experiences import Batch, build_batch, write_advantages
+from trainer.openrlhf.push import ActorGroupPush
 from trainer.openrlhf.sharded import sharded_advantages
-from trainer.openrlhf.weights import TeacherWeights
+from trainer.openrlhf.weights import TeacherWeights, WeightsError
 
 log = logging.getLogger("tokencredit.openrlhf")
 
@@ -75,6 +77,7 @@ class TeacherCredit:
         self.calls = 0
         self.last: AdvantagesResult | None = None
         self.checked = False  # OpenRLHF's args checked (once per process)
+        self.actor_push: ActorGroupPush | None = None  # push transport: the policy's actors
 
     @property
     def client(self) -> TeacherClient:
@@ -93,16 +96,32 @@ class TeacherCredit:
     @property
     def weights(self) -> TeacherWeights | None:
         """The run's weights on the pool; None when the run does not sync them."""
-        if self._weights is None and self.config.weights_prefix is not None:
+        if self._weights is None and self.config.syncing:
+            push = self.config.weights_sync == "push"
             self._weights = TeacherWeights(
                 self.config.urls,
-                self.config.weights_prefix,
+                self.config.weights_prefix or "",
                 base_path=self.config.base_weights,
                 admin_key=self.config.admin_key,
                 api_key=self.config.api_key,
                 prune=self.config.prune_checkpoints,
+                push=self._push_from_actor if push else None,
             )
         return self._weights
+
+    def bind_actor_group(self, group: Any, get: Any) -> None:
+        """The policy's actor group (OpenRLHF's ``RayActorGroup``) and ``ray.get``: where the
+        push transport's weights come from."""
+        if group is not None and (self.actor_push is None or self.actor_push.group is not group):
+            self.actor_push = ActorGroupPush(group, get)
+
+    def _push_from_actor(self, urls: Any, version: int) -> None:
+        if self.actor_push is None:
+            raise WeightsError(
+                "TOKENCREDIT_WEIGHTS_SYNC=push needs OpenRLHF's actor group to push from, and "
+                "none was seen (the plugin binds it in the experience maker and the trainer)"
+            )
+        self.actor_push(urls, version)
 
     @property
     def min_weights_version(self) -> int | None:
@@ -202,9 +221,15 @@ class TeacherCredit:
         log.info("tokencredit: method state restored from the checkpoint (%d calls)", self.calls)
 
     def sync_weights(self, args: Any, global_step: int) -> None:
-        """After OpenRLHF saved ``{ckpt.path}/global_step{N}_hf``: load it on every replica."""
+        """After step ``global_step``: push the actor's weights to every replica (push), or
+        load the HF checkpoint OpenRLHF saved as ``{ckpt.path}/global_step{N}_hf`` (disk)."""
         weights = self.weights
-        if weights is None or not args.ckpt.save_hf or global_step % args.ckpt.save_steps != 0:
+        if weights is None:
+            return
+        if weights.transport == "push":
+            self._persist(lambda: weights.publish(global_step))
+            return
+        if not args.ckpt.save_hf or global_step % args.ckpt.save_steps != 0:
             return
         self._persist(lambda: weights.publish(global_step, args.ckpt.path))
 
@@ -275,12 +300,20 @@ def set_plugin(plugin: TeacherCredit | None) -> None:
         _plugin = plugin
 
 
+def _ray_get(original: Any):
+    """``ray.get`` as the wrapped OpenRLHF function's own module sees it (under decorators such
+    as ``torch.no_grad``)."""
+    module_globals = inspect.unwrap(original).__globals__
+    return lambda refs: module_globals["ray"].get(refs)
+
+
 def wrap_compute_advantages_and_returns(original):
     @functools.wraps(original)
     def compute_advantages_and_returns(self, experiences):
         check_supported(self)
         experiences = original(self, experiences)
         plugin = get_plugin()
+        plugin.bind_actor_group(getattr(self, "actor_model_group", None), _ray_get(original))
         step = getattr(self, STEP_ATTR, None)
         args = self.strategy.args
         plugin.apply(
@@ -314,6 +347,9 @@ def wrap_save_logs_and_checkpoints(original):
         client_states = {} if client_states is None else client_states
         client_states[CHECKPOINT_KEY] = plugin.checkpoint_state()
         out = original(self, global_step, logs_dict, client_states)
+        # fit calls this after every train_step (whose last act is OpenRLHF's own broadcast to
+        # its vLLM engines): the push transport sends the step's weights here too
+        plugin.bind_actor_group(getattr(self, "actor_model_group", None), _ray_get(original))
         plugin.sync_weights(self.args, global_step)
         return out
 

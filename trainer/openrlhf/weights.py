@@ -19,8 +19,15 @@ the process start in Unix seconds. A later start (a new run, or a resume, even f
 checkpoint) always has larger versions than anything loaded before, so the server's rule "a new
 version must be greater than the loaded one" never refuses a run's own weights.
 
-Transport: ``POST /v1/weights`` with a folder inside the pool's ``TC_WEIGHTS_ROOT``. A second
-transport (pushing tensors over torch.distributed) replaces `load_on` and keeps the rest.
+Transports (``TOKENCREDIT_WEIGHTS_SYNC``):
+
+- ``disk``: ``POST /v1/weights`` with a folder inside the pool's ``TC_WEIGHTS_ROOT``, one replica
+  after another (`load_on`); steps 1-4 above.
+- ``push``: ``push(urls, version)`` (`push.ActorGroupPush`: the actor's rank 0 broadcasts its
+  current weights over ``torch.distributed`` to every replica of ``urls`` at once). Start, resume
+  and publish push what the actor holds (the base model, the resumed checkpoint, the step's
+  update) as ``version_of(step)``; publish runs after every step, not after checkpoints; the
+  re-sync pushes to the replicas that are behind. No folder is read, so nothing is pruned.
 """
 
 from __future__ import annotations
@@ -63,12 +70,14 @@ class TeacherWeights:
         run_epoch: int | None = None,
         prune: bool = True,
         client_factory: Callable[[str], TeacherClient] | None = None,
+        push: Callable[[Sequence[str], int], None] | None = None,
     ):
         self.urls = list(urls)
         self.prefix = prefix
         self.base_path = base_path
         self.run_epoch = int(time.time()) if run_epoch is None else run_epoch
         self.prune = prune
+        self.push = push  # None: the disk transport
         make = client_factory or (
             lambda url: TeacherClient(
                 url,
@@ -80,7 +89,7 @@ class TeacherWeights:
         )
         self._clients = {url: make(url) for url in self.urls}
         self.required: int | None = None  # min_weights_version of every call
-        self.path: str | None = None  # the folder every replica serves (pool-relative)
+        self.path: str | None = None  # the folder every replica serves (disk; pool-relative)
         self.step: int | None = None
 
     def version_of(self, step: int) -> int:
@@ -95,8 +104,16 @@ class TeacherWeights:
 
     # ---- lifecycle -----------------------------------------------------------------------------
 
+    @property
+    def transport(self) -> str:
+        return "disk" if self.push is None else "push"
+
     def start(self, step: int, ckpt_path: str | None = None) -> None:
         """Load the run's weights at ``step`` (0: the base model; N: the resumed checkpoint)."""
+        if self.push is not None:  # the actor holds exactly those weights now
+            self._load_everywhere(None, step)
+            log.info("tokencredit: run weights pushed to the pool as version %d", self.required)
+            return
         if step == 0:
             if not self.base_path:
                 raise WeightsError(
@@ -111,7 +128,14 @@ class TeacherWeights:
         log.info("tokencredit: run weights %s on the pool as version %d", path, self.required)
 
     def publish(self, step: int, ckpt_path: str | None = None) -> None:
-        """After OpenRLHF wrote ``global_step{step}_hf``: load it everywhere, prune older ones."""
+        """After OpenRLHF wrote ``global_step{step}_hf``: load it everywhere, prune older ones.
+        With push: after step ``step``'s update, push the actor's weights everywhere."""
+        if self.push is not None:
+            self._load_everywhere(None, step)
+            log.info(
+                "tokencredit: teacher weights of step %d pushed as version %d", step, self.required
+            )
+            return
         path = self.folder_of(f"global_step{step}")
         self._load_everywhere(path, step)
         log.info("tokencredit: teacher weights %s loaded as version %d", path, self.required)
@@ -120,9 +144,19 @@ class TeacherWeights:
 
     def resync(self) -> bool:
         """Put the current weights back on every replica behind ``required`` (after a 409)."""
-        if self.path is None or self.required is None:
+        if self.required is None or (self.push is None and self.path is None):
             return False
         behind = [url for url in self.urls if self._version_at(url) < self.required]
+        if self.push is not None:
+            if behind:
+                log.warning(
+                    "tokencredit: replicas %s lost the run's weights (restarted?); pushing "
+                    "version %d again",
+                    behind,
+                    self.required,
+                )
+                self.push(behind, self.required)
+            return bool(behind)
         for url in behind:
             log.warning(
                 "tokencredit: replica %s lost the run's weights (restarted?); reloading %s "
@@ -158,8 +192,15 @@ class TeacherWeights:
     def _version_at(self, url: str) -> int:
         return int(self._clients[url].readyz().weights_version)
 
-    def _load_everywhere(self, path: str, step: int) -> None:
+    def _load_everywhere(self, path: str | None, step: int) -> None:
         version = self.version_of(step)
+        if self.push is not None:
+            # every replica not there yet at once (a retried publish skips those that are)
+            behind = [url for url in self.urls if self._version_at(url) < version]
+            if behind:
+                self.push(behind, version)
+            self.required, self.path, self.step = version, None, step
+            return
         for url in self.urls:  # one replica at a time: the others keep serving
             if self._version_at(url) >= version:
                 continue  # already there (a retried publish)

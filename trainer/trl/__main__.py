@@ -6,8 +6,12 @@ subprocess (``python -m uvicorn server.app:app``, hf backend, ``TC_WEIGHTS_ROOT`
 output folder). Point it at your own server, model and data with:
 
   --server-url URL        a running tokencredit server (comma-separated replicas); then also
-                          --teacher-weights-root PATH, the local path of its TC_WEIGHTS_ROOT,
-                          for methods whose teacher follows the policy
+                          --teacher_weights_root PATH, the local path of its TC_WEIGHTS_ROOT,
+                          for methods whose teacher follows the policy (or --weights-sync push)
+  --weights-sync MODE     how the teacher gets the policy's weights: disk (default; a checkpoint
+                          in TC_WEIGHTS_ROOT, then POST /v1/weights) or push (broadcast over a
+                          gloo group with TeacherClient.push_weights, no shared folder;
+                          docs/weights.md); the same as --teacher_weights_sync
   --model PATH            a local Hugging Face model folder (the server must serve the same
                           tokenizer; the trainer pushes the weights for self-teacher methods)
   --dataset PATH          a dataset saved with ``Dataset.save_to_disk`` or a .json/.jsonl file,
@@ -69,6 +73,12 @@ def script_parser() -> argparse.ArgumentParser:
     ap.add_argument("--dataset", default="", help="dataset folder or .json/.jsonl (default: arith)")
     ap.add_argument("--reward", default="trainer.trl.arith:boxed_reward", help="MODULE:FUNC")
     ap.add_argument("--server-url", default="", help="running server; default: start one")
+    ap.add_argument(
+        "--weights-sync",
+        choices=("disk", "push"),
+        default="disk",
+        help="teacher weights: disk checkpoint + POST /v1/weights, or push over a gloo group",
+    )
     ap.add_argument("--output-dir", default="", help="default: /tmp/tokencredit-trl/<method>")
     ap.add_argument("--seed", type=int, default=0, help="training seed and problem stream")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (trainer and server)")
@@ -159,7 +169,9 @@ def main(argv: list[str] | None = None) -> None:
             server_args = ["--teacher_url", args.server_url]
         else:
             url, root = start_server(model, out, args.threads, stack)
-            server_args = ["--teacher_url", url, "--teacher_weights_root", root]
+            server_args = ["--teacher_url", url]
+            if args.weights_sync == "disk":
+                server_args += ["--teacher_weights_root", root]
         (cfg,) = HfArgumentParser(TokenCreditConfig).parse_args_into_dataclasses(
             [
                 *ARITH_DEFAULTS,
@@ -168,6 +180,7 @@ def main(argv: list[str] | None = None) -> None:
                 "--seed", str(args.seed),
                 "--credit_seed", str(args.seed),
                 "--credit_method", args.method,
+                "--teacher_weights_sync", args.weights_sync,
                 *server_args,
                 *rest,
             ]

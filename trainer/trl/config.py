@@ -17,6 +17,9 @@ from trl import GRPOConfig
 from proto.advantages import METHODS
 from trainer.teacher_weights import FOLLOWS_POLICY, NO_TEACHER, TEACHER_WEIGHTS
 
+WEIGHTS_SYNC = ("disk", "push")
+PUSH_BACKENDS = ("gloo", "nccl")
+
 
 @dataclass
 class TokenCreditConfig(GRPOConfig):
@@ -58,11 +61,23 @@ class TokenCreditConfig(GRPOConfig):
     )
 
     # ---- Teacher weights --------------------------------------------------------------------
-    # Local path of the server's TC_WEIGHTS_ROOT (a folder both see). Required by methods whose
-    # teacher follows the policy (hsd, antisd, amrsd, sdpo, rlsd) and by opsd (initial policy).
+    # How the teacher's weights reach the server (docs/weights.md): "disk" saves a checkpoint
+    # under teacher_weights_root and loads it with POST /v1/weights; "push" broadcasts the tensors
+    # over a torch.distributed group (TeacherClient.push_weights), no shared folder needed. Methods
+    # whose teacher follows the policy (hsd, antisd, amrsd, sdpo, rlsd) and opsd (initial policy)
+    # need one of the two.
+    teacher_weights_sync: str = field(
+        default="disk",
+        metadata={"help": 'weight syncing: "disk" (teacher_weights_root) or "push" (a group).'},
+    )
+    # Local path of the server's TC_WEIGHTS_ROOT (a folder both see), for "disk" syncing.
     teacher_weights_root: str | None = field(
         default=None,
-        metadata={"help": "local path of the server's TC_WEIGHTS_ROOT, for weight syncing."},
+        metadata={"help": "local path of the server's TC_WEIGHTS_ROOT, for disk syncing."},
+    )
+    # With "push": torch.distributed backend, "gloo" (CPU replicas) or "nccl" (GPU replicas).
+    teacher_push_backend: str = field(
+        default="gloo", metadata={"help": 'push backend: "gloo" (CPU replicas) or "nccl".'}
     )
     # Push the teacher's weights every this many optimizer steps; None: 20 for rlsd (its frozen
     # copy's re-sync period), else 1.
@@ -106,11 +121,24 @@ class TokenCreditConfig(GRPOConfig):
                 f"server takes at temperature 1.0, but temperature={self.temperature}: set "
                 "temperature=1.0 (or use grpo/dr_grpo)"
             )
-        if (method in FOLLOWS_POLICY or method == "opsd") and not self.teacher_weights_root:
+        if self.teacher_weights_sync not in WEIGHTS_SYNC:
+            raise ValueError(
+                f'teacher_weights_sync must be "disk" or "push", got {self.teacher_weights_sync!r}'
+            )
+        if self.teacher_push_backend not in PUSH_BACKENDS:
+            raise ValueError(
+                f'teacher_push_backend must be "gloo" or "nccl", got {self.teacher_push_backend!r}'
+            )
+        if (
+            (method in FOLLOWS_POLICY or method == "opsd")
+            and self.teacher_weights_sync == "disk"
+            and not self.teacher_weights_root
+        ):
             raise ValueError(
                 f"credit_method={method!r} needs a teacher with the policy's weights "
                 f"({TEACHER_WEIGHTS[method]} policy): set teacher_weights_root to the local path "
-                "of the server's TC_WEIGHTS_ROOT so the trainer can push them; without it the "
+                "of the server's TC_WEIGHTS_ROOT so the trainer can load them there, or "
+                'teacher_weights_sync="push" to broadcast them to the server; without either the '
                 "server would score with whatever model it loaded"
             )
         if (

@@ -20,8 +20,11 @@ global ``step`` and ``seed = credit_seed + step`` go with the request; the retur
 and saved in TRL's checkpoints (``tokencredit_state.json``, and SDPO's EMA teacher), and
 restored on resume. For methods
 whose teacher follows the policy the weights reach the server every ``teacher_sync_steps`` steps
-through ``POST /v1/weights`` (`trainer.teacher_weights.WeightPusher`), and later calls require
-that ``min_weights_version``.
+(`trainer.teacher_weights.WeightPusher`): through ``POST /v1/weights`` from a checkpoint under
+``teacher_weights_root`` (``teacher_weights_sync="disk"``), or broadcast over a
+``torch.distributed`` group with ``TeacherClient.push_weights`` (``"push"``, docs/weights.md),
+at the point where TRL syncs its own vLLM engines: the unwrapped model, before the batch it
+scores. Later calls require that ``min_weights_version``.
 
 Failures raise `TeacherCreditError`: the client's transport retries connection errors, 429 and
 502-504 and fails over between replicas; when it gives up, the step fails. Nothing falls back to
@@ -110,6 +113,8 @@ class TokenCreditGRPOTrainer(GRPOTrainer):
             self.credit_client,
             cfg.teacher_weights_root,
             f"trl-{Path(cfg.output_dir).name}-{os.getpid()}",
+            sync=cfg.teacher_weights_sync,
+            push_backend=cfg.teacher_push_backend,
         )
         self._last_push_step: int | None = None
         self._ema: torch.nn.Module | None = None
