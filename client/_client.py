@@ -708,7 +708,10 @@ class TeacherClient(_Api):
             cast: send floating tensors in each replica's serving dtype.
             progress: a tqdm bar (True), none (False), a bar for pushes of 256 MiB or more
                 (None), or a callable ``(sent_bytes, total_bytes)`` run after every bucket.
-            backend: ``"gloo"`` (CPU tensors, the default) or ``"nccl"`` (CUDA tensors).
+            backend: ``"auto"`` (the default: ``"shm"`` when every replica is on this host and
+                the tensors are on the CPU, else ``"gloo"``), ``"gloo"`` (CPU tensors over
+                TCP), ``"nccl"`` (CUDA tensors) or ``"shm"`` (replicas on this host: the tensors
+                are packed once into a /dev/shm segment that every replica maps; no socket).
             master_address: address the replicas connect back to; default: this host's address
                 on the route to the first replica.
             master_port: the rendezvous port; default: a free one.

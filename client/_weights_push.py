@@ -365,6 +365,7 @@ class WeightsPusher:
             link.info = link.info.model_copy(update={"weights_version": res.weights_version})
         return WeightsPushResponse(
             weights_version=min(r.weights_version for r in results),
+            backend=results[0].backend,
             bytes=total,
             receive_seconds=max(r.receive_seconds for r in results),
             load_seconds=max(r.load_seconds for r in results),

@@ -20,6 +20,7 @@ from __future__ import annotations
 from typing import Literal
 
 from pydantic import Field, model_validator
+from pydantic_core import PydanticCustomError
 
 from proto.base import WireModel
 
@@ -88,7 +89,11 @@ class WeightsTransferInit(WireModel):
                 f"rank_offset {self.rank_offset} must be below world_size {self.world_size}"
             )
         if (self.backend == "shm") != (self.shm_probe is not None):
-            raise ValueError("shm_probe is required with backend shm, and only there")
+            raise PydanticCustomError(
+                "shm_probe",
+                "shm_probe is required with backend shm, and only there",
+                {"field": "shm_probe"},
+            )
         return self
 
 
@@ -161,6 +166,9 @@ class WeightsPushRequest(WireModel):
 
 class WeightsPushResponse(WireModel):
     weights_version: int
+    backend: Literal["gloo", "nccl", "shm"] = Field(
+        description="What carried the tensors: the backend the replica's group was joined with."
+    )
     bytes: int = Field(description="Bytes received.")
     receive_seconds: float = Field(description="From the first to the last bucket.")
     load_seconds: float = Field(description="Whole push: checks, receive, drain and swap.")

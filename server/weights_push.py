@@ -357,6 +357,7 @@ class WeightsReceiver:
                 ) from exc
             return WeightsPushResponse(
                 weights_version=version,
+                backend=group.init.backend,
                 bytes=sum(req.nbytes()),
                 receive_seconds=round(timing.get("receive", 0.0), 3),
                 load_seconds=round(seconds, 3),
