@@ -25,10 +25,10 @@ import torch.distributed as dist
 
 from proto.weights_push import SHM_DIR, SHM_PREFIX
 
-from .conftest import ADMIN_KEY, API_KEY, perturbed
+from .conftest import ADMIN_KEY, perturbed
 from .test_push_hf import client, scores, version_of
 
-HEADERS = {"Authorization": f"Bearer {API_KEY}", "X-Admin-Key": ADMIN_KEY}
+HEADERS = {"Authorization": f"Bearer {ADMIN_KEY}"}  # an admin key is also an API key
 
 
 def mapped_segments(pid: int) -> set[str]:
