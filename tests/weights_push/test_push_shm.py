@@ -13,6 +13,8 @@ from __future__ import annotations
 import concurrent.futures as cf
 import datetime
 import os
+import shutil
+import subprocess
 import time
 import uuid
 from pathlib import Path
@@ -23,6 +25,8 @@ import pytest
 import torch
 import torch.distributed as dist
 
+from client import UnprocessableEntityError
+from client.launcher import ServerProcess
 from proto.weights_push import SHM_DIR, SHM_PREFIX
 
 from .conftest import ADMIN_KEY, perturbed
@@ -202,3 +206,29 @@ def test_a_push_names_only_a_checked_segment_and_a_hand_written_trainer_can_push
 
 def _same(a, b) -> bool:
     return a[0] == b[0] and all(np.array_equal(x, y) for x, y in zip(a[1], b[1]))
+
+
+# Runs the server in a mount namespace of its own with a fresh /dev/shm: a replica that does not
+# share the trainer's shared memory (another container, as far as the trainer can tell).
+OWN_DEV_SHM = ["unshare", "-m", "sh", "-c", 'mount -t tmpfs none /dev/shm && exec "$@"', "sh"]
+
+
+def test_auto_falls_back_to_gloo_for_a_replica_with_a_dev_shm_of_its_own(
+    tmp_path, weights_root, model, replica_env
+):
+    probe = subprocess.run([*OWN_DEV_SHM, "true"], capture_output=True)
+    if shutil.which("unshare") is None or probe.returncode != 0:
+        pytest.skip(
+            "needs mount namespaces (unshare -m, as root) to give a replica its own /dev/shm"
+        )
+    env = replica_env(weights_root)
+    with ServerProcess(env=env, log_path=tmp_path / "own-shm.log", wrapper=OWN_DEV_SHM) as proc:
+        version = version_of(proc.url)
+        with client(proc.url) as tc, pytest.raises(UnprocessableEntityError) as err:
+            tc.push_weights(perturbed(model, seed=33), version + 1, backend="shm")
+        assert err.value.field == "shm_probe"
+        assert version_of(proc.url) == version
+        with client(proc.url) as tc:  # backend auto: the URL is local, the probe says no
+            res = tc.push_weights(perturbed(model, seed=34), version + 1)
+        assert res.backend == "gloo" and res.weights_version == version + 1
+        assert scores(None, proc.url)[0] == version + 1
