@@ -14,9 +14,12 @@ replica answers a scoring request with the new version" (``min_weights_version``
         broadcast to every replica at once over TCP loopback), then one scoring call per replica.
   shm:  ``TeacherClient.push_weights(backend="shm")`` (the buckets written once into a fresh
         /dev/shm segment that every replica maps; the group only carries the verdicts), then one
-        scoring call per replica: its first forward pass faults the mapped pages in.
-  The first push of each backend also joins the groups; it is reported apart from the steady
-  state.
+        scoring call per replica: its first forward pass faults the mapped pages in. After a push
+        the pusher allocates the next push's segment in the background (as a trainer trains);
+        that runs on into the scoring calls (timed), and the benchmark waits for it before the
+        next timed step.
+  The first push of each backend also joins the groups (and, for shm, allocates its segment
+  inside the push: the cold cost); it is reported apart from the steady state.
 
 Replicas are real servers (hf backend, CPU, float32, one torch thread each) on this machine, so
 trainer and replicas share its cores and memory; a 0.5B run needs about 12 GB free (each replica
@@ -91,6 +94,14 @@ def answered(urls: list[str], version: int) -> None:
             assert res.weights_version >= version
 
 
+def settle(tc: TeacherClient) -> None:
+    """Let the shm pusher finish allocating the next push's segment (which it does in the
+    background after a push, while a trainer would train) before the next timed step, so that
+    it slows no measured path."""
+    if tc._pusher is not None:
+        tc._pusher.settle()
+
+
 def bench(label: str, model_dir: str, n_replicas: int, repeats: int, threads: int) -> list[tuple]:
     from transformers import AutoModelForCausalLM
 
@@ -109,6 +120,7 @@ def bench(label: str, model_dir: str, n_replicas: int, repeats: int, threads: in
                 for r in range(repeats):
                     version += 1
                     new_weights(model, seed=3 * r)
+                    settle(clients["shm"])
                     started = time.perf_counter()
                     model.save_pretrained(root / f"v{version}")
                     clients["gloo"].load_weights(f"v{version}", version)
@@ -119,6 +131,7 @@ def bench(label: str, model_dir: str, n_replicas: int, repeats: int, threads: in
                     for i, backend in enumerate(BACKENDS, start=1):
                         version += 1
                         new_weights(model, seed=3 * r + i)
+                        settle(clients[backend])
                         started = time.perf_counter()
                         clients[backend].push_weights(
                             model, version, progress=False, timeout=600, backend=backend

@@ -30,6 +30,7 @@ import concurrent.futures as cf
 import contextlib
 import datetime
 import socket
+import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping
@@ -101,6 +102,8 @@ class WeightsPusher:
             ``gloo``), ``"gloo"`` (CPU tensors), ``"nccl"`` (CUDA tensors; replicas on GPUs) or
             ``"shm"`` (replicas on this host, sharing its /dev/shm).
         timeout: seconds bounding the rendezvous and every broadcast, on both ends.
+        preallocate: shm only: after a push, allocate the next push's segment in the background
+            (client/_weights_shm.py); costs one more copy of the weights in /dev/shm.
     """
 
     def __init__(
@@ -112,6 +115,7 @@ class WeightsPusher:
         master_port: int = 0,
         backend: str = "auto",
         timeout: float = 60.0,
+        preallocate: bool = True,
     ):
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
@@ -121,8 +125,13 @@ class WeightsPusher:
         self.master_port = master_port
         self.backend = backend
         self.timeout = timeout
+        self.preallocate = preallocate
         self._store: Any = None
         self._links: dict[str, _Link] = {}
+        # shm: the next push's segment, allocated in the background after a push (a new file,
+        # not announced yet, so no replica maps it).
+        self._spare: Segment | None = None
+        self._spare_thread: threading.Thread | None = None
 
     # ---- groups -------------------------------------------------------------------------------
 
@@ -193,11 +202,47 @@ class WeightsPusher:
             time.sleep(_POLL_SECONDS)
 
     def close(self) -> None:
-        """Close every group and the store (the replicas reset their end at their next push)."""
+        """Close every group and the store (the replicas reset their end at their next push),
+        and remove the spare segment."""
+        self.settle()
+        spare, self._spare = self._spare, None
+        if spare is not None:
+            spare.unlink()
         for link in self._links.values():
             link.pg = None
         self._links.clear()
         self._store = None
+
+    def settle(self) -> None:
+        """Wait for background work: the allocation of the next shm push's segment."""
+        thread, self._spare_thread = self._spare_thread, None
+        if thread is not None:
+            thread.join()
+
+    def _segment(self, size: int) -> Segment:
+        """A new segment of ``size`` bytes: the spare allocated after the last push if it fits."""
+        self.settle()
+        spare, self._spare = self._spare, None
+        if spare is not None and spare.size == size:
+            return spare
+        if spare is not None:
+            spare.unlink()
+        return Segment(size)
+
+    def _allocate_spare(self, size: int) -> None:
+        def allocate() -> None:
+            segment = None
+            try:
+                segment = Segment(size)
+                segment.allocate()
+            except OSError:  # /dev/shm full: the next push allocates (and reports) it itself
+                if segment is not None:
+                    segment.unlink()
+                return
+            self._spare = segment
+
+        self._spare_thread = threading.Thread(target=allocate, name="tc-shm-spare", daemon=True)
+        self._spare_thread.start()
 
     def drop(self, url: str) -> None:
         link = self._links.pop(url, None)
@@ -236,7 +281,10 @@ class WeightsPusher:
         )
         for attempt in (1, 2):
             try:
-                return self._push(links, tensors, req, progress)
+                res = self._push(links, tensors, req, progress)
+                if self.backend == "shm" and self.preallocate:
+                    self._allocate_spare(sum(req.nbytes()))
+                return res
             except APIStatusError as exc:
                 self._drop_all(links)
                 if exc.type != "no_transfer_group" or attempt == 2:
@@ -259,8 +307,10 @@ class WeightsPusher:
                 if self.backend != "shm" or exc.field not in ("shm_probe", "backend"):
                     raise
                 # A replica that does not see this host's /dev/shm (another container, say),
-                # or that predates backend shm: every replica goes over gloo instead.
-                self.close()
+                # or that predates backend shm: every replica goes over gloo instead (the store
+                # stays: it serves any backend).
+                for url in list(self._links):
+                    self.drop(url)
                 self.backend = "gloo"
         return [self._links.get(url) or self.connect(url) for url in self.urls]
 
@@ -302,7 +352,7 @@ class WeightsPusher:
         progress: bool | ProgressFn | None,
     ) -> WeightsPushResponse:
         nbytes = req.nbytes()
-        segment = Segment(sum(nbytes)) if self.backend == "shm" else None
+        segment = self._segment(sum(nbytes)) if self.backend == "shm" else None
         try:
             if segment is not None:
                 req = req.model_copy(update={"shm_name": segment.name})

@@ -7,6 +7,12 @@ pages (server/weights_shm.py). The trainer never writes into a segment after the
 it once every replica has answered: a replica's mapping keeps the pages alive while it serves
 from them, and the kernel frees them when the last mapping goes.
 
+With ``preallocate`` (the default) the pusher allocates the next push's segment in the background
+right after a push, while the trainer trains: backing fresh pages is most of a push's cost on a
+VM that hands freed memory back to its host, and this takes it off the push's critical path, for
+one more copy of the weights in /dev/shm between pushes. The spare is a new file that no replica
+has seen; it is announced only by the next push.
+
 A trainer killed mid-push cannot unlink its segment; the next pusher on the host removes segments
 whose creator (the ``pid`` in the name) is no longer running (``sweep_orphans``).
 """
@@ -24,7 +30,7 @@ from urllib.parse import urlsplit
 from proto.weights_push import SHM_DIR, SHM_PREFIX
 
 _LOOPBACK = {"localhost", "127.0.0.1", "::1"}
-# os.pwrite moves at most this many bytes per call on Linux.
+# os.pwrite moves at most about this many bytes per call on Linux.
 _WRITE_CHUNK = 1 << 30
 
 
@@ -79,6 +85,11 @@ class Segment:
         except BaseException:
             self.unlink()
             raise
+
+    def allocate(self) -> None:
+        """Back every page now (``posix_fallocate``), so that a later ``write`` only copies: on
+        this project's VM, backing fresh pages costs several times the copy (docs/weights.md)."""
+        os.posix_fallocate(self._fd, 0, self.size)
 
     def write(self, offset: int, tensors: list[Any]) -> int:
         """Copy ``tensors``' bytes back to back from ``offset``; returns the offset after them."""

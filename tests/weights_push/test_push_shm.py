@@ -29,7 +29,7 @@ from client import UnprocessableEntityError
 from client.launcher import ServerProcess
 from proto.weights_push import SHM_DIR, SHM_PREFIX
 
-from .conftest import ADMIN_KEY, perturbed
+from .conftest import ADMIN_KEY, perturbed, segments_of
 from .test_push_hf import client, scores, version_of
 
 HEADERS = {"Authorization": f"Bearer {ADMIN_KEY}"}  # an admin key is also an API key
@@ -46,7 +46,9 @@ def mapped_segments(pid: int) -> set[str]:
 
 
 def test_auto_picks_shm_on_this_host_and_replicas_serve_from_one_mapping(replicas, model):
-    """Both replicas serve from the same segment (views, no copy); the next push releases it."""
+    """Both replicas serve from the same segment (views, no copy); the next push releases it.
+    Between pushes the trainer holds one spare segment, which no replica maps before the next
+    push announces it."""
     urls = [r.url for r in replicas]
     pids = [r.proc.pid for r in replicas]
     version = max(version_of(u) for u in urls) + 1
@@ -56,12 +58,17 @@ def test_auto_picks_shm_on_this_host_and_replicas_serve_from_one_mapping(replica
         first = [mapped_segments(pid) for pid in pids]
         assert len(first[0]) == 1 and first[0] == first[1], first
         assert not (Path(SHM_DIR) / next(iter(first[0]))).exists()  # unlinked, still mapped
+        tc._pusher.settle()  # the spare is allocated in the background
+        spare = segments_of(os.getpid())
+        assert len(spare) == 1 and spare[0] not in first[0]
+        assert all(spare[0] not in mapped_segments(pid) for pid in pids)
 
         res = tc.push_weights(perturbed(model, seed=31), version + 1)
         second = [mapped_segments(pid) for pid in pids]
     assert res.weights_version == version + 1
     assert len(second[0]) == 1 and second[0] == second[1], second
     assert second[0].isdisjoint(first[0])  # the old weights' pages are gone with them
+    assert second[0] == set(spare)  # the next push went into the spare
     assert [scores(None, u)[0] for u in urls] == [version + 1] * 2
 
 
