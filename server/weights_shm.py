@@ -109,7 +109,7 @@ def check_probe(name: str, group_name: str) -> None:
     """At join: the probe segment must hold ``group_name`` (the replica sees the trainer's
     shared memory, not a same-named file in a /dev/shm of its own)."""
     with Segment.open(name, "shm_probe") as probe:
-        if probe.read() != group_name.encode():
+        if probe.size > 1024 or probe.read() != group_name.encode():
             raise ServiceError(
                 422,
                 f"shm_probe {name!r} does not hold this group's name: this replica does not see "
