@@ -1,4 +1,5 @@
-"""Teacher weights to every replica: the disk path against the push over a process group.
+"""Teacher weights to every replica: the disk path against the push, over gloo and through shared
+memory.
 
     nice -n 10 python benchmarks/weights.py                  # embedded model + random ~0.5B Qwen3
     nice -n 10 python benchmarks/weights.py --skip-large     # embedded model only
@@ -9,9 +10,16 @@ replica answers a scoring request with the new version" (``min_weights_version``
   disk: ``save_pretrained`` into TC_WEIGHTS_ROOT, then ``POST /v1/weights`` on each replica in turn
         (``TeacherClient.load_weights``: a rolling reload from safetensors), then one scoring call
         per replica.
-  push: ``TeacherClient.push_weights`` (gloo, one group per replica, packed buckets broadcast to
-        every replica at once), then one scoring call per replica. The first push also joins the
-        groups; it is reported apart from the steady state.
+  gloo: ``TeacherClient.push_weights(backend="gloo")`` (one group per replica, packed buckets
+        broadcast to every replica at once over TCP loopback), then one scoring call per replica.
+  shm:  ``TeacherClient.push_weights(backend="shm")`` (the buckets written once into a fresh
+        /dev/shm segment that every replica maps; the group only carries the verdicts), then one
+        scoring call per replica: its first forward pass faults the mapped pages in. After a push
+        the pusher allocates the next push's segment in the background (as a trainer trains);
+        that runs on into the scoring calls (timed), and the benchmark waits for it before the
+        next timed step.
+  The first push of each backend also joins the groups (and, for shm, allocates its segment
+  inside the push: the cold cost); it is reported apart from the steady state.
 
 Replicas are real servers (hf backend, CPU, float32, one torch thread each) on this machine, so
 trainer and replicas share its cores and memory; a 0.5B run needs about 12 GB free (each replica
@@ -23,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -42,6 +51,7 @@ from client.launcher import ServerProcess
 from server.settings import DEFAULT_MODEL_DIR
 
 ADMIN_KEY = "bench-admin"
+BACKENDS = ("gloo", "shm")
 
 
 def replicas_up(model: str, root: Path, n: int, threads: int) -> list[ServerProcess]:
@@ -84,6 +94,14 @@ def answered(urls: list[str], version: int) -> None:
             assert res.weights_version >= version
 
 
+def settle(tc: TeacherClient) -> None:
+    """Let the shm pusher finish allocating the next push's segment (which it does in the
+    background after a push, while a trainer would train) before the next timed step, so that
+    it slows no measured path."""
+    if tc._pusher is not None:
+        tc._pusher.settle()
+
+
 def bench(label: str, model_dir: str, n_replicas: int, repeats: int, threads: int) -> list[tuple]:
     from transformers import AutoModelForCausalLM
 
@@ -95,41 +113,41 @@ def bench(label: str, model_dir: str, n_replicas: int, repeats: int, threads: in
             model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
             nbytes = sum(p.numel() * p.element_size() for p in model.parameters())
             version = 0
-            disk, push, first = [], [], None
-            with TeacherClient(urls, admin_key=ADMIN_KEY, timeout=1800) as tc:
+            disk: list[float] = []
+            pushes: dict[str, list[float]] = {b: [] for b in BACKENDS}
+            clients = {b: TeacherClient(urls, admin_key=ADMIN_KEY, timeout=1800) for b in BACKENDS}
+            try:
                 for r in range(repeats):
                     version += 1
-                    new_weights(model, seed=2 * r)
+                    new_weights(model, seed=3 * r)
+                    settle(clients["shm"])
                     started = time.perf_counter()
                     model.save_pretrained(root / f"v{version}")
-                    tc.load_weights(f"v{version}", version)
+                    clients["gloo"].load_weights(f"v{version}", version)
                     answered(urls, version)
                     disk.append(time.perf_counter() - started)
+                    shutil.rmtree(root / f"v{version}")  # keep the page cache to one checkpoint
 
-                    version += 1
-                    new_weights(model, seed=2 * r + 1)
-                    started = time.perf_counter()
-                    tc.push_weights(model, version, progress=False, timeout=600)
-                    answered(urls, version)
-                    elapsed = time.perf_counter() - started
-                    if first is None:
-                        first = elapsed  # includes joining the groups
-                    else:
-                        push.append(elapsed)
-            if not push:  # one repeat: the only push is also the first
-                push = [first]
-            d, p = statistics.median(disk), statistics.median(push)
-            return [
-                (
-                    label,
-                    f"{nbytes / 2**20:,.0f} MiB",
-                    n_replicas,
-                    f"{d:.2f}",
-                    f"{first:.2f}",
-                    f"{p:.2f}",
-                    f"**{d / p:.1f}x**",
-                )
-            ]
+                    for i, backend in enumerate(BACKENDS, start=1):
+                        version += 1
+                        new_weights(model, seed=3 * r + i)
+                        settle(clients[backend])
+                        started = time.perf_counter()
+                        clients[backend].push_weights(
+                            model, version, progress=False, timeout=600, backend=backend
+                        )
+                        answered(urls, version)
+                        pushes[backend].append(time.perf_counter() - started)
+            finally:
+                for tc in clients.values():
+                    tc.close()
+            d = statistics.median(disk)
+            row = [label, f"{nbytes / 2**20:,.0f} MiB", n_replicas, f"{d:.2f}"]
+            for backend in BACKENDS:
+                first, *rest = pushes[backend]  # the first push includes joining the groups
+                p = statistics.median(rest or [first])
+                row += [f"{first:.2f}", f"{p:.2f}", f"**{d / p:.1f}x**"]
+            return [tuple(row)]
         finally:
             for proc in procs:
                 proc.stop()
@@ -177,9 +195,28 @@ def gloo_seconds() -> float:
     return seconds
 
 
+def shm_write_seconds() -> float:
+    """What a shm push pays per byte on the trainer's side: one write into a new segment."""
+    from client._weights_shm import Segment
+
+    data = torch.ones(LINK_BYTES, dtype=torch.uint8)
+    segment = Segment(LINK_BYTES)
+    try:
+        started = time.perf_counter()
+        segment.write(0, [data])
+        return time.perf_counter() - started
+    finally:
+        segment.unlink()
+
+
 def link_rows() -> list[tuple]:
-    seconds = gloo_seconds()
-    return [("gloo broadcast, 2 processes, loopback", f"{LINK_BYTES / 2**20 / seconds:,.0f}")]
+    rows = []
+    for label, seconds in (
+        ("gloo broadcast, 2 processes, loopback", gloo_seconds()),
+        ("shm: writing a /dev/shm segment, 1 process", shm_write_seconds()),
+    ):
+        rows.append((label, f"{LINK_BYTES / 2**20 / seconds:,.0f}"))
+    return rows
 
 
 def main() -> None:
@@ -212,7 +249,18 @@ def main() -> None:
     print_table(
         f"Seconds from new weights in the trainer to every replica answering with them "
         f"(median of {args.repeats}; cpu, float32, {os.cpu_count()} cores)",
-        ("model", "weights", "replicas", "disk", "push, first (joins)", "push", "disk / push"),
+        (
+            "model",
+            "weights",
+            "replicas",
+            "disk",
+            "gloo, first (joins)",
+            "gloo",
+            "disk / gloo",
+            "shm, first (joins)",
+            "shm",
+            "disk / shm",
+        ),
         rows,
     )
 

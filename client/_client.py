@@ -689,6 +689,7 @@ class TeacherClient(_Api):
         master_address: str | None = None,
         master_port: int | None = None,
         timeout: float | None = None,
+        preallocate: bool | None = None,
     ) -> WeightsPushResponse:
         """Broadcast weights to every replica over ``torch.distributed`` and swap them in.
 
@@ -708,13 +709,20 @@ class TeacherClient(_Api):
             cast: send floating tensors in each replica's serving dtype.
             progress: a tqdm bar (True), none (False), a bar for pushes of 256 MiB or more
                 (None), or a callable ``(sent_bytes, total_bytes)`` run after every bucket.
-            backend: ``"gloo"`` (CPU tensors, the default) or ``"nccl"`` (CUDA tensors).
+            backend: ``"auto"`` (the default: ``"shm"`` when every replica is on this host and
+                the tensors are on the CPU, else ``"gloo"``), ``"gloo"`` (CPU tensors over
+                TCP), ``"nccl"`` (CUDA tensors) or ``"shm"`` (replicas on this host: the tensors
+                are packed once into a /dev/shm segment that every replica maps; no socket).
             master_address: address the replicas connect back to; default: this host's address
                 on the route to the first replica.
             master_port: the rendezvous port; default: a free one.
             timeout: seconds bounding the rendezvous and each broadcast (default 60).
+            preallocate: with shm, allocate the next push's segment in the background after
+                each push (default True): the next push then only copies, for one more copy of
+                the weights in /dev/shm between pushes.
 
-        The pusher settings (backend, address, port, timeout) are fixed by the first call;
+        The pusher settings (backend, address, port, timeout, preallocate) are fixed by the
+        first call;
         `close` ends the groups.
         """
         pusher = self._weights_pusher(
@@ -722,6 +730,7 @@ class TeacherClient(_Api):
             master_address=master_address,
             master_port=master_port,
             timeout=timeout,
+            preallocate=preallocate,
         )
         return pusher.push(
             model_or_state_dict, version, bucket_bytes=bucket_bytes, cast=cast, progress=progress
@@ -982,6 +991,7 @@ class AsyncTeacherClient(_Api):
         master_address: str | None = None,
         master_port: int | None = None,
         timeout: float | None = None,
+        preallocate: bool | None = None,
     ) -> WeightsPushResponse:
         """See `TeacherClient.push_weights`; the broadcast runs in a worker thread."""
         loop = asyncio.get_running_loop()
@@ -993,7 +1003,7 @@ class AsyncTeacherClient(_Api):
                 return asyncio.run_coroutine_threadsafe(coro, loop).result()
 
             kw = {"backend": backend, "master_address": master_address}
-            kw |= {"master_port": master_port, "timeout": timeout}
+            kw |= {"master_port": master_port, "timeout": timeout, "preallocate": preallocate}
             self._pusher = WeightsPusher(self.base_urls, post, **self._pusher_kw(kw))
         return await asyncio.to_thread(
             self._pusher.push,

@@ -49,8 +49,12 @@ class ServerProcess:
         port: int | None = None,
         ready_timeout: float = 300.0,
         log_path: str | os.PathLike | None = None,
+        wrapper: list[str] | None = None,
     ):
+        """``wrapper``: a command the server's command line is appended to (a namespace, a
+        container runtime, ``taskset`` ...)."""
         self.env = env or {}
+        self.wrapper = list(wrapper or [])
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.ready_timeout = ready_timeout
@@ -81,7 +85,7 @@ class ServerProcess:
         cmd += ["--timeout-graceful-shutdown", env.get("TC_DRAIN_SECONDS", "30"), "--no-access-log"]
         cmd += UVICORN_LIMITS
         self.proc = subprocess.Popen(
-            cmd, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=REPO_ROOT
+            self.wrapper + cmd, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=REPO_ROOT
         )
         self.wait_ready()
         return self

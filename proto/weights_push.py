@@ -8,6 +8,11 @@ metadata. docs/weights.md describes the whole exchange.
 
 The bucket plan is part of the protocol: sender and receiver cut the same tensor list into the
 same buckets from the metadata alone, so only raw bytes travel over the group.
+
+For replicas on the trainer's own host the bytes need not travel at all (backend ``shm``, the
+analogue of vLLM's IPC weight-transfer engine): the trainer writes the packed stream once into a
+fresh file ``SHM_DIR/tokencredit-push-...`` (the buckets back to back: tensor ``i`` starts at the
+sum of the sizes before it) and names it in the push; every replica maps the same pages.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from __future__ import annotations
 from typing import Literal
 
 from pydantic import Field, model_validator
+from pydantic_core import PydanticCustomError
 
 from proto.base import WireModel
 
@@ -35,6 +41,11 @@ DTYPE_BYTES = {
 # replica's receive buffer (it holds a whole model beside the serving one) from spiking.
 DEFAULT_BUCKET_BYTES = 256 * 1024 * 1024
 GROUP_NAME_PATTERN = r"^[A-Za-z0-9_.\-]{1,128}$"
+# Shared-memory segments live in SHM_DIR under names with this prefix, nowhere else: a replica
+# opens only ``SHM_DIR / name`` for a name matching SHM_NAME_PATTERN (no path, no dot-dot).
+SHM_DIR = "/dev/shm"
+SHM_PREFIX = "tokencredit-push-"
+SHM_NAME_PATTERN = r"^tokencredit-push-[A-Za-z0-9_\-]{1,100}$"
 
 
 class WeightsTransferInit(WireModel):
@@ -52,8 +63,17 @@ class WeightsTransferInit(WireModel):
     group_name: str = Field(
         pattern=GROUP_NAME_PATTERN, description="Store prefix of this group; new per join."
     )
-    backend: Literal["gloo", "nccl"] = Field(
-        default="gloo", description="`gloo` (CPU tensors) or `nccl` (CUDA tensors)."
+    backend: Literal["gloo", "nccl", "shm"] = Field(
+        default="gloo",
+        description="`gloo` (CPU tensors), `nccl` (CUDA tensors) or `shm` (a replica on the "
+        "trainer's host: the tensors come in a shared-memory segment; the group only carries "
+        "the verdicts).",
+    )
+    shm_probe: str | None = Field(
+        default=None,
+        pattern=SHM_NAME_PATTERN,
+        description="Backend `shm` only (required there): a segment in /dev/shm holding "
+        "`group_name`, proving the replica sees the trainer's shared memory.",
     )
     timeout_seconds: float = Field(
         default=60.0,
@@ -67,6 +87,12 @@ class WeightsTransferInit(WireModel):
         if self.rank_offset >= self.world_size:
             raise ValueError(
                 f"rank_offset {self.rank_offset} must be below world_size {self.world_size}"
+            )
+        if (self.backend == "shm") != (self.shm_probe is not None):
+            raise PydanticCustomError(
+                "shm_probe",
+                "shm_probe is required with backend shm, and only there",
+                {"field": "shm_probe"},
             )
         return self
 
@@ -109,6 +135,13 @@ class WeightsPushRequest(WireModel):
         le=16 * 1024**3,
         description="Bucket size of the packed stream (see `plan_buckets`).",
     )
+    shm_name: str | None = Field(
+        default=None,
+        pattern=SHM_NAME_PATTERN,
+        description="Groups joined with backend `shm` only (required there): the segment in "
+        "/dev/shm holding the packed tensors, back to back, exactly `sum(nbytes)` bytes. Mapped "
+        "only after every replica said ok; the trainer unlinks it once every replica answered.",
+    )
 
     @model_validator(mode="after")
     def check_lists(self) -> WeightsPushRequest:
@@ -133,6 +166,9 @@ class WeightsPushRequest(WireModel):
 
 class WeightsPushResponse(WireModel):
     weights_version: int
+    backend: Literal["gloo", "nccl", "shm"] = Field(
+        description="What carried the tensors: the backend the replica's group was joined with."
+    )
     bytes: int = Field(description="Bytes received.")
     receive_seconds: float = Field(description="From the first to the last bucket.")
     load_seconds: float = Field(description="Whole push: checks, receive, drain and swap.")

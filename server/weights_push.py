@@ -14,6 +14,11 @@ weight-transfer engine so one trainer code path feeds both):
    in a worker thread (the event loop keeps serving), and only then installed under the weights
    gate with the new version: no request sees a mix.
 
+Backend ``shm`` (replicas on the trainer's host, server/weights_shm.py): the group is the store
+alone; the push names a segment the trainer packed once, which the replica checks (name, size)
+before its "ok", and maps only after the trainer wrote ``go/{push_id}``, i.e. once every replica
+said ok.
+
 A push that fails halfway (the trainer died, a receive timed out) installs nothing, resets the
 group (the trainer must init again) and answers 422 ``weights_transfer_failed`` naming what
 happened; the old version keeps serving.
@@ -41,22 +46,12 @@ from proto.weights_push import (
     plan_buckets,
 )
 from server.errors import ServiceError
+from server.packed import tensors_from_buffer
 from server.weights import WeightsGate
+from server.weights_shm import Segment, check_probe, open_push_segment
 
 log = logging.getLogger(__name__)
 
-TORCH_DTYPES = {
-    "float32": torch.float32,
-    "float16": torch.float16,
-    "bfloat16": torch.bfloat16,
-    "float64": torch.float64,
-    "int64": torch.int64,
-    "int32": torch.int32,
-    "int16": torch.int16,
-    "int8": torch.int8,
-    "uint8": torch.uint8,
-    "bool": torch.bool,
-}
 # Names listed in an error message before "… and N more".
 _SHOWN = 5
 
@@ -97,6 +92,8 @@ class PushGroup:
         )
         store = dist.PrefixStore(init.group_name, base)
         store.set(f"joined/{init.rank_offset}", "1")  # the trainer builds its end after this
+        # shm: the tensors come in a segment, the store carries the verdicts and the go.
+        with_process_group = with_process_group and init.backend != "shm"
         pg = new_process_group(store, init) if with_process_group else None
         return cls(init, store, pg)
 
@@ -106,6 +103,15 @@ class PushGroup:
 
     def signal(self, push_id: str, verdict: str) -> None:
         self.store.set(f"ready/{push_id}/{self.init.rank_offset}", verdict)
+
+    def wait_go(self, push_id: str) -> None:
+        """shm: block until the trainer read every replica's "ok" and wrote ``go/{push_id}``
+        ("go", or why it called the push off); bounded by the group's timeout."""
+        key = f"go/{push_id}"
+        self.store.wait([key], datetime.timedelta(seconds=self.init.timeout_seconds))
+        word = self.store.get(key).decode()
+        if word != "go":
+            raise PushError(f"the trainer called push {push_id} off: {word}")
 
     def receive(self, nbytes: int, device: str) -> torch.Tensor:
         buf = torch.empty(nbytes, dtype=torch.uint8, device=device)
@@ -142,14 +148,7 @@ def receive_tensors(
     out: dict[str, torch.Tensor] = {}
     for start, end in plan_buckets(nbytes, req.packed_buffer_size_bytes):
         buf = group.receive(sum(nbytes[start:end]), device)
-        offset = 0
-        for i in range(start, end):
-            raw = buf[offset : offset + nbytes[i]]
-            dtype = TORCH_DTYPES[req.dtype_names[i]]
-            if offset % dtype.itemsize:  # view(dtype) needs an aligned start
-                raw = raw.clone()
-            out[req.names[i]] = raw.view(dtype).view(req.shapes[i])
-            offset += nbytes[i]
+        out |= tensors_from_buffer(buf, req, start, end)
         if on_bucket is not None:
             on_bucket(end)
     return out
@@ -205,7 +204,9 @@ class PushTarget(Protocol):
 
     async def join(self, init: WeightsTransferInit) -> PushGroup: ...
 
-    async def receive(self, group: PushGroup, req: WeightsPushRequest) -> object: ...
+    async def receive(
+        self, group: PushGroup, req: WeightsPushRequest, segment: Segment | None
+    ) -> object: ...
 
     async def install(self, prepared: object) -> None: ...
 
@@ -224,7 +225,11 @@ class LocalPushTarget:
     async def join(self, init: WeightsTransferInit) -> PushGroup:
         return await asyncio.to_thread(PushGroup.join, init)
 
-    async def receive(self, group: PushGroup, req: WeightsPushRequest) -> object:
+    async def receive(
+        self, group: PushGroup, req: WeightsPushRequest, segment: Segment | None
+    ) -> object:
+        if segment is not None:
+            return await asyncio.to_thread(segment.map_tensors, req, self.engine.device)
         return await asyncio.to_thread(receive_tensors, group, req, self.engine.device)
 
     async def install(self, prepared: object) -> None:
@@ -260,13 +265,15 @@ class WeightsReceiver:
 
     async def join(self, engine, init: WeightsTransferInit, gate: WeightsGate):
         device = engine.info.device
-        if (init.backend == "gloo") != (device == "cpu"):
+        if init.backend != "shm" and (init.backend == "gloo") != (device == "cpu"):
             raise ServiceError(
                 422,
                 f"backend {init.backend} cannot carry tensors to a replica serving on {device}: "
                 "use gloo for CPU replicas and nccl for GPU replicas",
                 field="backend",
             )
+        if init.shm_probe is not None:
+            await asyncio.to_thread(check_probe, init.shm_probe, init.group_name)
         async with self._lock:
             await self._reset("a new group is joining")
             target = push_target(engine)
@@ -316,12 +323,19 @@ class WeightsReceiver:
             async def prepare() -> object:
                 nonlocal signalled
                 check_push(target.tensor_specs(), req)
-                await asyncio.to_thread(group.signal, req.push_id, "ok")
-                signalled = True
-                started = time.perf_counter()
-                prepared = await target.receive(group, req)
-                timing["receive"] = time.perf_counter() - started
-                return prepared
+                segment = await asyncio.to_thread(_segment_of, group, req)
+                try:
+                    await asyncio.to_thread(group.signal, req.push_id, "ok")
+                    signalled = True
+                    if segment is not None:  # nothing is mapped before every replica said ok
+                        await asyncio.to_thread(group.wait_go, req.push_id)
+                    started = time.perf_counter()
+                    prepared = await target.receive(group, req, segment)
+                    timing["receive"] = time.perf_counter() - started
+                    return prepared
+                finally:
+                    if segment is not None:
+                        segment.close()  # the mapping, if any, holds the pages
 
             try:
                 version, seconds = await gate.swap_with(prepare, target.install, req.version)
@@ -343,6 +357,7 @@ class WeightsReceiver:
                 ) from exc
             return WeightsPushResponse(
                 weights_version=version,
+                backend=group.init.backend,
                 bytes=sum(req.nbytes()),
                 receive_seconds=round(timing.get("receive", 0.0), 3),
                 load_seconds=round(seconds, 3),
@@ -360,6 +375,20 @@ class WeightsReceiver:
                 await joined.target.leave(joined.group)
             except Exception:
                 log.exception("leaving weight-transfer group %s failed", joined.group.name)
+
+
+def _segment_of(group: PushGroup, req: WeightsPushRequest) -> Segment | None:
+    """The checked segment of a shm push (None for gloo/nccl); 422 naming ``shm_name``."""
+    if group.init.backend == "shm":
+        return open_push_segment(req)
+    if req.shm_name is not None:
+        raise ServiceError(
+            422,
+            f"this replica joined group {group.name} with backend {group.init.backend}: "
+            "shm_name is for groups joined with backend shm",
+            field="shm_name",
+        )
+    return None
 
 
 async def _signal_quietly(group: PushGroup, push_id: str, verdict: str) -> None:

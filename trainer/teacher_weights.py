@@ -66,7 +66,7 @@ class WeightPusher:
         self.root = Path(weights_root) if weights_root else None
         self.run_name = run_name
         self.sync = sync
-        self.push_backend = push_backend  # None: the client's default (gloo)
+        self.push_backend = push_backend  # None: the client's default ("auto": shm or gloo)
         self.version: int | None = None
         self._last: Path | None = None
         self.seconds = 0.0

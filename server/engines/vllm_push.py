@@ -21,6 +21,7 @@ import time
 
 from proto.weights_push import TensorSpec, WeightsPushRequest, WeightsTransferInit
 from server.weights_push import PushError, PushGroup, receive_tensors
+from server.weights_shm import Segment, open_push_segment
 
 log = logging.getLogger(__name__)
 
@@ -47,11 +48,16 @@ class VLLMPushTarget:
         return results[0]
 
     async def join(self, init: WeightsTransferInit) -> PushGroup:
-        # The worker's end (the process group) first; it writes "joined" to the store.
-        await self._rpc("tokencredit_push_join", init.model_dump())
+        # The worker's end (the process group) first; it writes "joined" to the store. A shm
+        # group has no process group: the worker maps each push's segment by its name.
+        if init.backend != "shm":
+            await self._rpc("tokencredit_push_join", init.model_dump())
         return await asyncio.to_thread(PushGroup.join, init, False)
 
-    async def receive(self, group: PushGroup, req: WeightsPushRequest) -> object:
+    async def receive(
+        self, group: PushGroup, req: WeightsPushRequest, segment: Segment | None
+    ) -> object:
+        # A segment is opened again (and checked again) by name in the worker, another process.
         await self._rpc("tokencredit_push_receive", req.model_dump())
         while True:
             state, detail = await self._rpc("tokencredit_push_status")
@@ -83,11 +89,11 @@ class PushWorkerMixin:
         self._tc_push_group = PushGroup.join(WeightsTransferInit.model_validate(init))
 
     def tokencredit_push_receive(self, req: dict) -> None:
-        if self._tc_push_group is None:
+        request = WeightsPushRequest.model_validate(req)
+        if self._tc_push_group is None and request.shm_name is None:
             raise RuntimeError("no weight-transfer group joined in the worker")
         if self._tc_push_thread is not None and self._tc_push_thread.is_alive():
             raise RuntimeError("a push is already being received")
-        request = WeightsPushRequest.model_validate(req)
         self._tc_push_staged = None
         self._tc_push_result = ("running", "")
         device = str(next(self.model_runner.get_model().parameters()).device)
@@ -96,7 +102,11 @@ class PushWorkerMixin:
         def run() -> None:
             started = time.perf_counter()
             try:
-                tensors = receive_tensors(group, request, device)
+                if request.shm_name is not None:
+                    with open_push_segment(request) as segment:
+                        tensors = segment.map_tensors(request, device)
+                else:
+                    tensors = receive_tensors(group, request, device)
             except Exception as exc:
                 self._tc_push_result = ("failed", f"{type(exc).__name__}: {exc}")
                 return

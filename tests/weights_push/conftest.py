@@ -1,5 +1,6 @@
-"""Fixtures of the weights-push tests: two real hf replicas with API and admin keys, and seeded
-perturbations of the embedded model (each version's weights differ enough to tell apart)."""
+"""Fixtures of the weights-push tests: two real hf replicas with API and admin keys, seeded
+perturbations of the embedded model (each version's weights differ enough to tell apart), and a
+check after every test that this process left no shared-memory segment behind."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import pytest
 import torch
 
 from client.launcher import ServerProcess
+from proto.weights_push import SHM_DIR, SHM_PREFIX
 from server.settings import DEFAULT_MODEL_DIR
 
 API_KEY, ADMIN_KEY = "push-api-key", "push-admin-key"
@@ -69,3 +71,18 @@ def perturbed(model, seed: int, scale: float = 0.05):
         name: (t.detach() + scale * torch.randn(t.shape, generator=gen))
         for name, t in model.named_parameters()
     }
+
+
+def segments_of(pid: int) -> list[str]:
+    """Names of the shared-memory segments a trainer process ``pid`` created and left."""
+    prefix = f"{SHM_PREFIX}{pid}-"
+    return (
+        sorted(p.name for p in Path(SHM_DIR).glob(f"{prefix}*")) if Path(SHM_DIR).is_dir() else []
+    )
+
+
+@pytest.fixture(autouse=True)
+def no_segment_left_behind():
+    """Every push of a test, taken or refused, unlinks its segment (and probe) before returning."""
+    yield
+    assert segments_of(os.getpid()) == []
