@@ -55,9 +55,11 @@ from client._types import (
     RolloutCredit,
     TokenScores,
 )
+from client._weights_push import BACKENDS as PUSH_BACKENDS
 
 __all__ = [
     "DEFAULT_TIMEOUT",
+    "PUSH_BACKENDS",
     "SPLITTABLE_METHODS",
     "USE_CLIENT_DEFAULT",
     "APIStatusError",

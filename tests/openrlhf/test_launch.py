@@ -97,7 +97,7 @@ def test_push_transport_is_configured_by_flag_and_variable(monkeypatch):
     config = launch.config_from_args(args)
     assert config.weights_sync == "push" and config.syncing and config.weights_prefix is None
     v = launch.build_runtime_env(config)["env_vars"]
-    assert v["TOKENCREDIT_WEIGHTS_SYNC"] == "push" and v["TOKENCREDIT_PUSH_BACKEND"] == "gloo"
+    assert v["TOKENCREDIT_WEIGHTS_SYNC"] == "push" and v["TOKENCREDIT_PUSH_BACKEND"] == "auto"
     assert v["TOKENCREDIT_PUSH_ADDRESS"] == "10.0.0.5" and v["TOKENCREDIT_ADMIN_KEY"] == "a-1"
     assert PluginConfig.from_env(v) == config
     # push needs neither HF checkpoints nor a base folder in the pool's weights root

@@ -35,7 +35,8 @@ variable                           meaning
                                    ``TOKENCREDIT_WEIGHTS_PREFIX`` is set) or ``push``: the actor's
                                    rank 0 broadcasts its weights to every replica over
                                    ``torch.distributed`` after every step (`push`), no folders.
-``TOKENCREDIT_PUSH_BACKEND``       with push: ``gloo`` (default; CPU replicas) or ``nccl``.
+``TOKENCREDIT_PUSH_BACKEND``       with push: ``auto`` (default: ``shm`` for replicas on rank 0's
+                                  host, else ``gloo``), ``shm``, ``gloo`` or ``nccl`` (GPU replicas).
 ``TOKENCREDIT_PUSH_ADDRESS``       with push: the actor rank 0's address the replicas connect back
                                    to (default: its address on the route to the first replica).
 =================================  =============================================================
@@ -49,6 +50,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from client import PUSH_BACKENDS
 from proto.advantages import METHODS
 
 ENV_URLS = "TOKENCREDIT_URLS"
@@ -71,7 +73,6 @@ ENV_PUSH_BACKEND = "TOKENCREDIT_PUSH_BACKEND"
 ENV_PUSH_ADDRESS = "TOKENCREDIT_PUSH_ADDRESS"
 STUDENT_SOURCES = ("trainer", "server")
 WEIGHTS_SYNC = ("disk", "push")
-PUSH_BACKENDS = ("gloo", "nccl")
 
 
 class ConfigError(ValueError):
@@ -108,7 +109,7 @@ class PluginConfig:
     # from the actor's rank 0 after every step; no prefix, no folders).
     weights_sync: str = "disk"
     # With push: the process-group backend, and the address the replicas connect back to.
-    push_backend: str = "gloo"
+    push_backend: str = "auto"
     push_address: str | None = None
 
     def __post_init__(self) -> None:
@@ -136,7 +137,10 @@ class PluginConfig:
         if self.weights_sync not in WEIGHTS_SYNC:
             raise ConfigError(f"{ENV_WEIGHTS_SYNC} must be disk or push, got {self.weights_sync!r}")
         if self.push_backend not in PUSH_BACKENDS:
-            raise ConfigError(f"{ENV_PUSH_BACKEND} must be gloo or nccl, got {self.push_backend!r}")
+            raise ConfigError(
+                f"{ENV_PUSH_BACKEND} must be one of {', '.join(PUSH_BACKENDS)}, got "
+                f"{self.push_backend!r}"
+            )
         if self.weights_sync == "push" and self.weights_prefix is not None:
             raise ConfigError(
                 f"{ENV_WEIGHTS_SYNC}=push sends the weights over torch.distributed, and "
@@ -175,7 +179,7 @@ class PluginConfig:
             base_weights=env.get(ENV_BASE_WEIGHTS) or None,
             prune_checkpoints=(env.get(ENV_PRUNE) or "1") not in ("0", "false", "no"),
             weights_sync=env.get(ENV_WEIGHTS_SYNC) or "disk",
-            push_backend=env.get(ENV_PUSH_BACKEND) or "gloo",
+            push_backend=env.get(ENV_PUSH_BACKEND) or "auto",
             push_address=env.get(ENV_PUSH_ADDRESS) or None,
         )
 

@@ -36,7 +36,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from client import TeacherClient, TokenCreditError
+from client import PUSH_BACKENDS, TeacherClient, TokenCreditError
 from trainer.openrlhf import OPENRLHF_VERSION
 from trainer.openrlhf.checks import UnsupportedConfig, check_args
 from trainer.openrlhf.config import ENV_ADMIN_KEY, ENV_API_KEY, ConfigError, PluginConfig
@@ -210,9 +210,10 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
     )
     parser.add_argument(
         "--push-backend",
-        choices=("gloo", "nccl"),
-        default="gloo",
-        help="with --push-weights: gloo (CPU replicas) or nccl (GPU replicas)",
+        choices=PUSH_BACKENDS,
+        default="auto",
+        help="with --push-weights: auto (shm for replicas on this host, else gloo), shm, gloo "
+        "(CPU replicas) or nccl (GPU replicas)",
     )
     parser.add_argument(
         "--push-address",

@@ -74,7 +74,7 @@ def push_actor_weights(actor_process: Any, urls: Sequence[str], version: int) ->
     strategy = actor_process.strategy
     ds = strategy.args.ds
     model = hf_model(actor_process.actor)
-    device = "cpu" if config.push_backend == "gloo" else None
+    device = None if config.push_backend == "nccl" else "cpu"  # shm and gloo send CPU tensors
     state = gathered_state(
         model,
         rank0=_is_rank_0(),

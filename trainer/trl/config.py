@@ -14,11 +14,11 @@ from typing import Any
 
 from trl import GRPOConfig
 
+from client import PUSH_BACKENDS
 from proto.advantages import METHODS
 from trainer.teacher_weights import FOLLOWS_POLICY, NO_TEACHER, TEACHER_WEIGHTS
 
 WEIGHTS_SYNC = ("disk", "push")
-PUSH_BACKENDS = ("gloo", "nccl")
 
 
 @dataclass
@@ -75,9 +75,13 @@ class TokenCreditConfig(GRPOConfig):
         default=None,
         metadata={"help": "local path of the server's TC_WEIGHTS_ROOT, for disk syncing."},
     )
-    # With "push": torch.distributed backend, "gloo" (CPU replicas) or "nccl" (GPU replicas).
+    # With "push": "auto" (shared memory for replicas on this host, else gloo), "shm", "gloo"
+    # (CPU replicas) or "nccl" (GPU replicas); docs/weights.md.
     teacher_push_backend: str = field(
-        default="gloo", metadata={"help": 'push backend: "gloo" (CPU replicas) or "nccl".'}
+        default="auto",
+        metadata={
+            "help": 'push backend: "auto" (shm on this host, else gloo), "shm", "gloo", "nccl".'
+        },
     )
     # Push the teacher's weights every this many optimizer steps; None: 20 for rlsd (its frozen
     # copy's re-sync period), else 1.
@@ -127,7 +131,8 @@ class TokenCreditConfig(GRPOConfig):
             )
         if self.teacher_push_backend not in PUSH_BACKENDS:
             raise ValueError(
-                f'teacher_push_backend must be "gloo" or "nccl", got {self.teacher_push_backend!r}'
+                f"teacher_push_backend must be one of {', '.join(PUSH_BACKENDS)}, got "
+                f"{self.teacher_push_backend!r}"
             )
         if (
             (method in FOLLOWS_POLICY or method == "opsd")
