@@ -51,3 +51,48 @@ def test_smoke_design_is_resumable_and_reports(tmp_path):
     redone = json.loads((results / "grpo-s1.json").read_text())
     assert redone["evals"] == first["evals"]  # seeded: a redone run repeats exactly
     assert redone["per_step"]["reward"] == first["per_step"]["reward"]
+
+
+def fake_run(accuracy: list[float], modulated: float = 0.0) -> dict:
+    """A run summary with a held-out curve evaluated every 25 steps (what ``claims`` reads)."""
+    evals = [
+        {"step": 25 * i, "sampled": a, "greedy": a, "pass_at_k": a} for i, a in enumerate(accuracy)
+    ]
+    per_step = {"modulated_share": [modulated], "entropy": [0.1], "kl_initial": [0.0]}
+    return {
+        "initial": evals[0],
+        "final": evals[-1],
+        "evals": evals,
+        "per_step": per_step,
+        "gate_open_share": None,
+    }
+
+
+def stability_verdict(grpo: list[list[float]], amrsd: list[list[float]]) -> dict:
+    arms = compare.FULL_ARMS
+    runs = {
+        "grpo_lr1e-3": {s: fake_run(c) for s, c in enumerate(grpo)},
+        "amrsd_lr1e-3": {s: fake_run(c, modulated=0.05) for s, c in enumerate(amrsd)},
+    }
+    rows = {
+        "grpo_lr1e-3": compare.arm_row(
+            "grpo_lr1e-3", arms["grpo_lr1e-3"], runs["grpo_lr1e-3"], None
+        ),
+        "amrsd_lr1e-3": compare.arm_row(
+            "amrsd_lr1e-3", arms["amrsd_lr1e-3"], runs["amrsd_lr1e-3"], runs["grpo_lr1e-3"]
+        ),
+    }
+    (claim,) = [c for c in compare.claims(runs, rows, {}, None) if c["claim"].startswith("AMR-SD")]
+    return claim
+
+
+def test_amrsd_stability_claim_needs_amrsd_itself_not_to_collapse():
+    collapsing = [[0.23, 0.15, 0.05, 0.04], [0.24, 0.10, 0.02, 0.01], [0.22, 0.12, 0.06, 0.05]]
+    # Both collapse, AMR-SD a little less: a higher minimum, but not stable.
+    slower = [[0.23, 0.17, 0.09, 0.08], [0.24, 0.14, 0.06, 0.05], [0.22, 0.16, 0.10, 0.09]]
+    claim = stability_verdict(collapsing, slower)
+    assert claim["verdict"] == "not reproduced" and "collapses too" in claim["evidence"]
+    # AMR-SD holds its accuracy where GRPO collapses: reproduced.
+    steady = [[0.23, 0.23, 0.22, 0.23], [0.24, 0.23, 0.24, 0.24], [0.22, 0.22, 0.21, 0.22]]
+    claim = stability_verdict(collapsing, steady)
+    assert claim["verdict"] == "reproduced" and "collapses too" not in claim["evidence"]
