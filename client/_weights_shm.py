@@ -23,6 +23,7 @@ import contextlib
 import os
 import socket
 import uuid
+import weakref
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -70,16 +71,26 @@ def _create(name: str) -> int:
     )
 
 
+def _release(fd: list[int], path: Path) -> None:
+    if fd[0] >= 0:
+        os.close(fd[0])
+        fd[0] = -1
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+
+
 class Segment:
     """A new segment of ``size`` bytes; ``write`` packs tensors into it, ``unlink`` removes its
-    name (idempotent)."""
+    name (idempotent). A segment nobody unlinked (a client never closed) is removed when it is
+    garbage-collected or the process exits: it holds the model's size in memory."""
 
     def __init__(self, size: int):
         sweep_orphans()
         self.name = _new_name("")
         self.path = Path(SHM_DIR) / self.name
         self.size = size
-        self._fd = _create(self.name)
+        self._fd_box = [_create(self.name)]
+        self._release = weakref.finalize(self, _release, self._fd_box, self.path)
         try:
             os.ftruncate(self._fd, size)  # the replicas check this size before they say ok
         except BaseException:
@@ -103,12 +114,12 @@ class Segment:
             offset += len(raw)
         return offset
 
+    @property
+    def _fd(self) -> int:
+        return self._fd_box[0]
+
     def unlink(self) -> None:
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.path)
+        self._release()
 
 
 class Probe:
