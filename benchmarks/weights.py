@@ -47,7 +47,7 @@ from gpu_scoring import build_random_qwen3  # Qwen3-0.6B shape, random weights
 from tables import print_table
 
 from client import TeacherClient
-from client.launcher import ServerProcess
+from client.launcher import ServerProcess, start_all
 from server.settings import DEFAULT_MODEL_DIR
 
 ADMIN_KEY = "bench-admin"
@@ -70,9 +70,7 @@ def replicas_up(model: str, root: Path, n: int, threads: int) -> list[ServerProc
         ServerProcess(env=env, log_path=root / f"replica-{i}.log", ready_timeout=900)
         for i in range(n)
     ]
-    for p in procs:
-        p.start()
-    return procs
+    return start_all(procs)
 
 
 def new_weights(model, seed: int) -> dict[str, torch.Tensor]:

@@ -17,6 +17,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -130,3 +132,19 @@ class ServerProcess:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def start_all(servers: Sequence[ServerProcess]) -> list[ServerProcess]:
+    """Start ``servers`` side by side and wait until every one is ready: their model loads
+    overlap (two vLLM replicas take the time of one on two cores). If one fails, all are
+    stopped and its error is raised."""
+    servers = list(servers)
+    with ThreadPoolExecutor(max(1, len(servers))) as pool:
+        futures = [pool.submit(s.start) for s in servers]
+        errors = [f.exception() for f in futures]
+    failed = next((e for e in errors if e is not None), None)
+    if failed is not None:
+        for s in servers:
+            s.stop()
+        raise failed
+    return servers

@@ -19,6 +19,7 @@ import pytest
 import torch
 
 from client import TeacherClient
+from client.launcher import start_all
 from trainer.openrlhf import plugin as plugin_mod
 from trainer.openrlhf import push as push_mod
 from trainer.openrlhf.config import PluginConfig
@@ -35,7 +36,7 @@ CONTEXT, TARGET = [3, 14, 15, 92, 65], [35, 89, 79, 32, 38, 46]
 @pytest.fixture(scope="module")
 def pool(make_server):
     """Two replicas, no TC_WEIGHTS_ROOT."""
-    procs = [make_server(f"push-openrlhf-{i}", OMP_NUM_THREADS="1").start() for i in range(2)]
+    procs = start_all([make_server(f"push-openrlhf-{i}", OMP_NUM_THREADS="1") for i in range(2)])
     yield procs
     for proc in procs:
         proc.stop()

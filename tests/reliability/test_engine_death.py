@@ -18,7 +18,7 @@ import httpx
 import psutil
 import pytest
 
-from client.launcher import ServerProcess
+from client.launcher import ServerProcess, start_all
 
 needs_vllm = pytest.mark.skipif(
     importlib.util.find_spec("vllm") is None and os.environ.get("CI") != "true",
@@ -109,9 +109,7 @@ def replica_pair(request, make_server):
         make_server(f"pair-{n}", TC_BACKEND=request.param, OMP_NUM_THREADS="1") for n in "ab"
     ]
     try:
-        for s in servers:
-            s.start()
-        yield request.param, servers
+        yield request.param, start_all(servers)
     finally:
         for s in servers:
             s.stop()

@@ -10,14 +10,13 @@ completes, with numbers equal (1e-5) to the clean run; none lost.
 
 from __future__ import annotations
 
-import concurrent.futures as cf
 import os
 import signal
 
 import httpx
 import pytest
 
-from client.launcher import ServerProcess
+from client.launcher import start_all
 
 CALLS = int(os.environ.get("TC_FAULT_CALLS", "96"))
 CONCURRENCY = 8
@@ -27,9 +26,7 @@ CONCURRENCY = 8
 def replicas(make_server):
     servers = [make_server(f"replica-{n}", OMP_NUM_THREADS="1") for n in "ab"]
     try:
-        with cf.ThreadPoolExecutor(2) as pool:  # start both at once
-            list(pool.map(ServerProcess.start, servers))
-        yield servers
+        yield start_all(servers)
     finally:
         for s in servers:
             s.stop()

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from client.launcher import ServerProcess
+from client.launcher import ServerProcess, start_all
 from proto.weights_push import SHM_DIR, SHM_PREFIX
 from server.settings import DEFAULT_MODEL_DIR
 
@@ -49,9 +49,7 @@ def replicas(tmp_path_factory, weights_root, replica_env):
         ServerProcess(env=replica_env(weights_root), log_path=logs / f"replica-{i}.log")
         for i in range(2)
     ]
-    for p in procs:
-        p.start()
-    yield procs
+    yield start_all(procs)
     for p in procs:
         p.stop()
 

@@ -1,6 +1,10 @@
 """Weights pushed to real hf replicas (server/weights_push.py, client/_weights_push.py), over
-gloo and through shared memory (``backend``: every test runs with both); what only the shared
-memory transport has (segments, paths, mappings) is tested in test_push_shm.py.
+gloo and through shared memory (``backend``). What depends on the transport (the bytes' path,
+versions swapped under readers, a trainer lost mid-push, one replica refusing while another
+waits) runs on both; what the replica decides before any byte moves (a state that does not fit,
+a stale version, a wrong key), a restart's rejoin and the async client's wiring run on one, shm
+once more for the misfit. What only shared memory has (segments, paths, mappings) is tested in
+test_push_shm.py.
 
 Every test reads the replicas' current version and pushes above it, so the tests run in any
 order against the same two servers.
@@ -37,9 +41,8 @@ SEQS = [
 ]
 
 
-@pytest.fixture(params=["gloo", "shm"])
-def backend(request) -> str:
-    return request.param
+BOTH = pytest.mark.parametrize("backend", ["gloo", "shm"])
+GLOO = pytest.mark.parametrize("backend", ["gloo"])
 
 
 def client(urls, **kw) -> TeacherClient:
@@ -57,6 +60,7 @@ def version_of(url: str) -> int:
         return one.readyz().weights_version
 
 
+@BOTH
 def test_push_reaches_both_replicas_and_equals_the_same_weights_from_disk(
     replicas, model, weights_root, backend
 ):
@@ -112,6 +116,7 @@ def _with_state(model, state, save_to: Path | None = None):
     return [np.array([logp[n - 1 + j, t].item() for j, t in enumerate(seq["target_ids"])])]
 
 
+@BOTH
 def test_scoring_during_repeated_pushes_never_mixes_versions(replicas, model, backend):
     """A reader thread scores the same sequences without pause while the trainer pushes five
     versions; every answer must equal that version's reference numbers (versions differ by far
@@ -161,7 +166,11 @@ def test_scoring_during_repeated_pushes_never_mixes_versions(replicas, model, ba
             np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
 
 
-@pytest.mark.parametrize("fault", ["wrong_shape", "missing_tensor", "wrong_dtype", "extra"])
+@pytest.mark.parametrize(
+    ("backend", "fault"),
+    [("gloo", f) for f in ("wrong_shape", "missing_tensor", "wrong_dtype", "extra")]
+    + [("shm", "wrong_shape")],
+)
 def test_a_push_that_does_not_fit_is_refused_before_anything_changes(
     replicas, model, fault, backend
 ):
@@ -191,6 +200,7 @@ def test_a_push_that_does_not_fit_is_refused_before_anything_changes(
         assert res.weights_version == before[0] + 1
 
 
+@GLOO
 def test_a_stale_version_is_refused_with_409(replicas, model, backend):
     url = replicas[0].url
     with client(url) as tc:
@@ -201,6 +211,7 @@ def test_a_stale_version_is_refused_with_409(replicas, model, backend):
         assert version_of(url) == current
 
 
+@GLOO
 def test_a_wrong_admin_key_is_refused_and_changes_nothing(replicas, model, backend):
     url = replicas[0].url
     before = scores(None, url)
@@ -213,6 +224,7 @@ def test_a_wrong_admin_key_is_refused_and_changes_nothing(replicas, model, backe
     np.testing.assert_array_equal(before[1][0], after[1][0])
 
 
+@BOTH
 @pytest.mark.parametrize("how", ["killed", "stalled"])
 def test_a_trainer_lost_mid_push_leaves_the_old_weights_serving(replicas, model, how, backend):
     """The trainer stops after the first of two buckets: SIGKILLed (the replica sees the
@@ -262,6 +274,7 @@ def _same(a, b) -> bool:
     return a[0] == b[0] and all(np.array_equal(x, y) for x, y in zip(a[1], b[1]))
 
 
+@GLOO
 def test_a_restarted_replica_rejoins_at_the_next_push(
     tmp_path, weights_root, model, replica_env, backend
 ):
@@ -293,6 +306,7 @@ def test_nccl_to_a_cpu_replica_is_refused_at_join(replicas, model):
     assert version_of(url) == before
 
 
+@GLOO
 def test_the_async_client_pushes_too(replicas, model, backend):
     import asyncio
 
@@ -313,6 +327,7 @@ def test_the_async_client_pushes_too(replicas, model, backend):
     assert [version_of(u) for u in urls] == [version, version]
 
 
+@BOTH
 def test_when_one_replica_refuses_none_moves_on_and_none_waits_for_its_timeout(
     replicas, model, backend
 ):
