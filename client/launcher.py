@@ -52,11 +52,14 @@ class ServerProcess:
         ready_timeout: float = 300.0,
         log_path: str | os.PathLike | None = None,
         wrapper: list[str] | None = None,
+        uvicorn_args: Sequence[str] = (),
     ):
         """``wrapper``: a command the server's command line is appended to (a namespace, a
-        container runtime, ``taskset`` ...)."""
+        container runtime, ``taskset`` ...). ``uvicorn_args`` come after ``UVICORN_LIMITS``
+        and override them (``--limit-concurrency 2``)."""
         self.env = env or {}
         self.wrapper = list(wrapper or [])
+        self.uvicorn_args = list(uvicorn_args)
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.ready_timeout = ready_timeout
@@ -85,7 +88,7 @@ class ServerProcess:
             str(self.port),
         ]
         cmd += ["--timeout-graceful-shutdown", env.get("TC_DRAIN_SECONDS", "30"), "--no-access-log"]
-        cmd += UVICORN_LIMITS
+        cmd += [*UVICORN_LIMITS, *self.uvicorn_args]
         self.proc = subprocess.Popen(
             self.wrapper + cmd, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=REPO_ROOT
         )

@@ -7,6 +7,9 @@ headers (slowloris), or sends nothing at all, holds its connection forever and c
 and again after each response, to deliver a complete head; past that it is answered 408 in JSON
 and closed. Bodies are not timed: a request's body arrives while the app runs it, under its own
 limits (docs/reliability.md).
+
+Above ``--limit-concurrency`` uvicorn answers 503 itself, before the app runs; that answer is
+given here in the service's JSON error shape with a ``Retry-After``, like every other refusal.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import asyncio
 import json
 
 import h11
+from uvicorn.protocols.http import h11_impl
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from server.errors import error_body
@@ -32,6 +36,29 @@ def _timeout_response(seconds: float) -> bytes:
         "connection: close\r\n\r\n"
     )
     return head.encode() + body
+
+
+async def _over_capacity(scope, receive, send) -> None:
+    body = json.dumps(
+        error_body(
+            "over_capacity",
+            "the server holds as many connections and requests as it accepts "
+            "(uvicorn --limit-concurrency); retry after the Retry-After delay",
+        )
+    ).encode()
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        (b"retry-after", b"1"),
+        (b"connection", b"close"),
+    ]
+    await send({"type": "http.response.start", "status": 503, "headers": headers})
+    await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+# uvicorn's h11 protocol picks its over-limit app from this module global inside
+# ``handle_events`` (no hook a subclass could override); only the server process loads this module.
+h11_impl.service_unavailable = _over_capacity
 
 
 class HeaderDeadlineH11Protocol(H11Protocol):

@@ -82,11 +82,26 @@ def server_env_fixture():
 
 @pytest.fixture(scope="session")
 def make_server(tmp_path_factory):
-    """``make_server(name, port=None, ready_timeout=300, **env) -> ServerProcess``, unstarted
-    (``with`` or ``.start()``), on ``server_env(**env)``, its log under a fresh folder ``name``."""
+    """``make_server(name, port=None, ready_timeout=300, uvicorn_args=(), **env) ->
+    ServerProcess``, unstarted (``with`` or ``.start()``), on ``server_env(**env)``, its log under a
+    fresh folder ``name``."""
 
-    def make(name: str, *, port: int | None = None, ready_timeout: float = 300.0, **env: str):
-        return new_server(tmp_path_factory, name, env, port=port, ready_timeout=ready_timeout)
+    def make(
+        name: str,
+        *,
+        port: int | None = None,
+        ready_timeout: float = 300.0,
+        uvicorn_args: tuple[str, ...] = (),
+        **env: str,
+    ):
+        return new_server(
+            tmp_path_factory,
+            name,
+            env,
+            port=port,
+            ready_timeout=ready_timeout,
+            uvicorn_args=uvicorn_args,
+        )
 
     return make
 
