@@ -38,22 +38,25 @@ def _timeout_response(seconds: float) -> bytes:
     return head.encode() + body
 
 
+_OVER_CAPACITY_BODY = json.dumps(
+    error_body(
+        "over_capacity",
+        "the server holds as many connections and requests as it accepts "
+        "(uvicorn --limit-concurrency); retry after the Retry-After delay",
+    )
+).encode()
+_OVER_CAPACITY_HEADERS = [
+    (b"content-type", b"application/json"),
+    (b"content-length", str(len(_OVER_CAPACITY_BODY)).encode()),
+    (b"retry-after", b"1"),
+    (b"connection", b"close"),
+]
+
+
 async def _over_capacity(scope, receive, send) -> None:
-    body = json.dumps(
-        error_body(
-            "over_capacity",
-            "the server holds as many connections and requests as it accepts "
-            "(uvicorn --limit-concurrency); retry after the Retry-After delay",
-        )
-    ).encode()
-    headers = [
-        (b"content-type", b"application/json"),
-        (b"content-length", str(len(body)).encode()),
-        (b"retry-after", b"1"),
-        (b"connection", b"close"),
-    ]
-    await send({"type": "http.response.start", "status": 503, "headers": headers})
-    await send({"type": "http.response.body", "body": body, "more_body": False})
+    # Built once: this answer is given exactly when the server is busiest.
+    await send({"type": "http.response.start", "status": 503, "headers": _OVER_CAPACITY_HEADERS})
+    await send({"type": "http.response.body", "body": _OVER_CAPACITY_BODY, "more_body": False})
 
 
 # uvicorn's h11 protocol picks its over-limit app from this module global inside
